@@ -1,0 +1,50 @@
+"""Eval stage: lm-eval's simple_evaluate on the in-memory model, wrapped by lm-eval's own HFLM."""
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+# The metric each paper7 task is conventionally reported with (lm-eval leaderboard / pruning papers).
+PAPER_METRIC = {"boolq": "acc", "rte": "acc", "winogrande": "acc", "hellaswag": "acc_norm", "arc_easy": "acc_norm",
+                "arc_challenge": "acc_norm", "openbookqa": "acc_norm"}
+METRICS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")
+
+
+def paper_metric(task: str) -> str:
+    return PAPER_METRIC.get(task, "acc")
+
+
+def evaluate(model, tokenizer, tasks: list, *, device, batch_size=8, limit=None, num_fewshot=0, bootstrap_iters=1000,
+             samples: dict[str, list[int]] | None = None, log_samples: bool = False, seed: int = 0) -> dict:
+    """Returns {"metrics": {task: {acc, acc_stderr, acc_norm, acc_norm_stderr}}, "samples": ... or None}."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    started = time.perf_counter()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
+    output = lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, samples=samples,
+        bootstrap_iters=bootstrap_iters, log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed,
+    )
+    metrics = {}
+    for task, values in output["results"].items():
+        row = {name: values.get(f"{name},none") for name in METRICS}
+        metrics[task] = {k: (float(v) if isinstance(v, (int, float)) else None) for k, v in row.items()}
+    log.info("eval: %d tasks in %.1f s", len(metrics), time.perf_counter() - started)
+    return {"metrics": metrics, "samples": output.get("samples") if log_samples else None}
+
+
+def averages(metrics: dict[str, dict]) -> dict[str, float | None]:
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "acc": mean(m.get("acc") for m in metrics.values()),
+        "acc_norm": mean(m.get("acc_norm") for m in metrics.values()),
+        "paper": mean(m.get(paper_metric(t)) if m.get(paper_metric(t)) is not None else m.get("acc")
+                      for t, m in metrics.items()),
+    }

@@ -1,0 +1,266 @@
+"""python -m diet.run: profile -> vote -> prune -> eval, composed from the stage functions; nothing else lives here."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+import diet
+from diet import DietError, cache, config, evaluate, models, profile, prune, tracking, vote
+from diet.tasks import calibration
+
+log = logging.getLogger("diet")
+
+
+class Recorder:
+    """The only writer into the run directory: status.json while running, atomic files at the end."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def status(self, state: str, **extra) -> None:
+        cache.atomic_write_json(self.dir / "status.json", {"state": state, "time": time.time(), **extra})
+
+    def json(self, name: str, obj) -> Path:
+        cache.atomic_write_json(self.dir / name, obj)
+        return self.dir / name
+
+    def masks(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+        cache.atomic_save_tensors(self.dir / "mask.safetensors", tensors, metadata)
+        return self.dir / "mask.safetensors"
+
+
+def mask_sha256(masks: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(masks):
+        h.update(key.encode())
+        h.update(masks[key].to(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def widths(loaded: models.LoadedModel, target: str) -> dict[str, int]:
+    if target == "hidden":
+        return {"hidden": loaded.adapter.hidden_size(loaded.model)}
+    return {f"mlp.{i}": w for i, w in enumerate(loaded.adapter.intermediate_sizes(loaded.model))}
+
+
+def profile_stage(cfg, loaded, calib_sets: dict[str, calibration.CalibrationSet], cache_dir: Path):
+    """Statistics per calibration set, from the cache when an identical profile was computed before."""
+    store = cache.Cache(cache_dir, "profile")
+    stats, status = {}, {}
+    for name, calib_set in calib_sets.items():
+        key = {
+            "model": loaded.fingerprint, "task": name, "n_samples": cfg.calib.n_samples, "seed": cfg.seed,
+            "max_length": cfg.calib.max_length, "include_target": cfg.calib.include_target,
+            "batch_size": cfg.calib.batch_size, "dtype": cfg.model.dtype, "target": cfg.prune.target,
+            "texts_sha256": hashlib.sha256(json.dumps(calib_set.texts).encode()).hexdigest(),
+            "diet": diet.__version__,
+        }
+        flat = store.load_tensors(key)
+        status[name] = "hit" if flat is not None else "miss"
+        if flat is None:
+            task_stats = profile.profile_texts(
+                loaded.model, loaded.adapter, loaded.tokenizer, calib_set.texts, cfg.prune.target,
+                max_length=cfg.calib.max_length, batch_size=cfg.calib.batch_size, desc=f"profile {name}")
+            flat = profile.flatten(task_stats)
+            store.store_tensors(key, flat)
+        log.info("profile cache: %s (%s)", status[name], name)
+        stats[name] = profile.unflatten({k: v.cpu() for k, v in flat.items()})
+    return stats, status
+
+
+def vote_stage(cfg, stats: dict, group_widths: dict[str, int]):
+    """(final masks, per-task masks, vote counts per group)."""
+    if cfg.method.name == "random":
+        return vote.random_masks(group_widths, cfg.sparsity, cfg.seed), {}, {}
+    scores = {name: vote.group_scores(s, cfg.scoring.name, cfg.prune.target) for name, s in stats.items()}
+    for name, task_scores in scores.items():
+        for group, score in task_scores.items():
+            if score.numel() != group_widths[group]:
+                raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
+                                f"has {group_widths[group]}; delete the stale cache under cache_dir")
+    per_task = {name: vote.task_masks(s, cfg.sparsity) for name, s in scores.items()}
+    if len(per_task) == 1:
+        (only,) = per_task.values()
+        return dict(only), {}, {}
+    masks, votes = vote.merge(per_task, scores, cfg.sparsity, cfg.vote.threshold, cfg.vote.exact_budget)
+    return masks, per_task, votes
+
+
+def run(cfg: DictConfig) -> dict:
+    config.validate(cfg)
+    hydra_cfg = HydraConfig.get()
+    recorder = Recorder(Path(hydra_cfg.runtime.output_dir))
+    recorder.status("running", stage="setup")
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    cache_dir = Path(to_absolute_path(cfg.cache_dir))
+    device = models.resolve_device(cfg.device)
+    local_dir = to_absolute_path(cfg.data.local_dir) if cfg.data.local_dir else None
+
+    from diet import tasks as task_lib
+
+    profile_names = list(cfg.tasks.names)
+    eval_names = list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_names
+    task_objects = task_lib.load_tasks(sorted(set(profile_names) | set(eval_names)), local_dir=local_dir,
+                                       data_dir=str(cache_dir / "data"))
+    pooled = cfg.method.name == "generic" or cfg.calib.source == "generic"
+    calib_sets: dict[str, calibration.CalibrationSet] = {}
+    if cfg.method.name != "random":
+        if pooled:
+            calib_sets["generic"] = calibration.generic_calibration_set(
+                {n: task_objects[n] for n in profile_names}, cfg.calib.n_samples, cfg.seed, cfg.calib.include_target)
+        else:
+            for name in profile_names:
+                calib_sets[name] = calibration.calibration_set(
+                    task_objects[name], cfg.calib.n_samples, cfg.seed, cfg.calib.include_target)
+
+    loaded = models.load(cfg.model, device=device, cache_dir=str(cache_dir), seed=cfg.seed)
+    group_widths = widths(loaded, cfg.prune.target)
+
+    recorder.status("running", stage="profile")
+    t = time.perf_counter()
+    stats, cache_status = profile_stage(cfg, loaded, calib_sets, cache_dir)
+    timings["profile"] = time.perf_counter() - t
+
+    recorder.status("running", stage="vote")
+    t = time.perf_counter()
+    masks, per_task_masks, votes = vote_stage(cfg, stats, group_widths)
+    achieved = vote.achieved_sparsity(masks)
+    timings["vote"] = time.perf_counter() - t
+    log.info("vote: %s, achieved sparsity %.4f (requested %.4f)", cfg.method.name, achieved, cfg.sparsity)
+    mask_tensors = dict(masks)
+    for name, task_mask in per_task_masks.items():
+        mask_tensors.update({f"task.{name}.{group}": m for group, m in task_mask.items()})
+    mask_path = recorder.masks(mask_tensors, {"target": cfg.prune.target, "scope": cfg.prune.scope,
+                                              "sparsity": str(cfg.sparsity), "method": cfg.method.name})
+
+    eval_tasks = task_lib.evaluation_tasks({n: task_objects[n] for n in eval_names})
+    eval_kwargs = dict(device=device, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit,
+                       num_fewshot=cfg.eval.num_fewshot, bootstrap_iters=cfg.eval.bootstrap_iters, seed=cfg.seed,
+                       samples=task_lib.eval_samples({n: task_objects[n] for n in eval_names}, calib_sets))
+    dense_metrics = None
+    if cfg.eval.dense:
+        recorder.status("running", stage="dense_eval")
+        t = time.perf_counter()
+        dense_metrics = dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir)
+        timings["dense_eval"] = time.perf_counter() - t
+
+    recorder.status("running", stage="prune")
+    t = time.perf_counter()
+    dense_params = prune.count_params(loaded.model)
+    prune.prune_model(loaded.model, loaded.adapter, masks, cfg.prune.target)
+    pruned_params = prune.count_params(loaded.model)
+    if cfg.prune.save:
+        prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
+    timings["prune"] = time.perf_counter() - t
+    log.info("prune: %d -> %d parameters (%.3f) in %.2f s", dense_params, pruned_params,
+             pruned_params / dense_params, timings["prune"])
+
+    recorder.status("running", stage="eval")
+    t = time.perf_counter()
+    metrics = evaluate.evaluate(loaded.model, loaded.tokenizer, eval_tasks, **eval_kwargs)["metrics"]
+    timings["eval"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
+
+    import lm_eval
+    import transformers
+
+    results = {
+        "model": cfg.model.name, "model_id": cfg.model.name_or_path, "tasks": profile_names, "eval_tasks": eval_names,
+        "method": cfg.method.name, "scoring": cfg.scoring.name, "target": cfg.prune.target, "scope": cfg.prune.scope,
+        "seed": cfg.seed, "sparsity": {"requested": float(cfg.sparsity), "achieved": achieved},
+        "params": {"dense": dense_params, "pruned": pruned_params},
+        "metrics": metrics, "average": evaluate.averages(metrics),
+        "paper_metric": {t: evaluate.paper_metric(t) for t in eval_names},
+        "dense_metrics": dense_metrics, "dense_average": evaluate.averages(dense_metrics) if dense_metrics else None,
+        "timings_s": timings, "profile_cache": cache_status,
+        "calibration": {n: {"split": c.split, "n_docs": len(c.doc_ids), "held_out_of_eval": c.held_out_of_eval}
+                        for n, c in calib_sets.items()},
+        "mask_sha256": mask_sha256(masks),
+        "versions": {"diet": diet.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "lm_eval": lm_eval.__version__},
+    }
+    if dense_metrics:
+        results["drop"] = {t: {m: (dense_metrics[t][m] - metrics[t][m]) for m in ("acc", "acc_norm")
+                               if dense_metrics[t].get(m) is not None and metrics[t].get(m) is not None}
+                           for t in metrics if t in dense_metrics}
+    recorder.json("results.json", results)
+    recorder.status("done")
+    print_summary(results)
+
+    is_multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    tracking.log_run(
+        OmegaConf.to_container(cfg.logger, resolve=True), run_dir=str(recorder.dir),
+        config=OmegaConf.to_container(cfg, resolve=True), results=results, mask_path=str(mask_path),
+        name=hydra_cfg.job.override_dirname or cfg.model.name,
+        group=Path(hydra_cfg.sweep.dir).name if is_multirun else None)
+    return results
+
+
+def dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir: Path) -> dict:
+    import lm_eval
+
+    key = {"model": loaded.fingerprint, "tasks": sorted(t if isinstance(t, str) else repr(t) for t in
+                                                        cfg.eval.tasks or cfg.tasks.names),
+           "limit": cfg.eval.limit, "num_fewshot": cfg.eval.num_fewshot, "lm_eval": lm_eval.__version__,
+           "samples": eval_kwargs["samples"], "local_dir": cfg.data.local_dir, "seed": cfg.seed,
+           "bootstrap_iters": cfg.eval.bootstrap_iters}
+    store = cache.Cache(cache_dir, "dense_eval")
+    cached = store.load_json(key)
+    log.info("dense eval cache: %s", "hit" if cached is not None else "miss")
+    if cached is not None:
+        return cached
+    metrics = evaluate.evaluate(loaded.model, loaded.tokenizer, eval_tasks, **eval_kwargs)["metrics"]
+    store.store_json(key, metrics)
+    return metrics
+
+
+def print_summary(results: dict) -> None:
+    dense = results.get("dense_metrics") or {}
+    lines = [f"{results['method']} {results['target']} sparsity {results['sparsity']['achieved']:.3f} on "
+             f"{results['model']}: params {results['params']['pruned'] / results['params']['dense']:.3f} of dense"]
+    lines.append(f"{'task':<20} {'metric':<9} {'dense':>7} {'pruned':>7}")
+    for task, values in results["metrics"].items():
+        metric = results["paper_metric"].get(task, "acc")
+        value = values.get(metric) if values.get(metric) is not None else values.get("acc")
+        d = dense.get(task, {}).get(metric)
+        lines.append(f"{task:<20} {metric:<9} {(f'{d:.3f}' if d is not None else '-'):>7} {value:>7.3f}")
+    avg, davg = results["average"]["paper"], (results.get("dense_average") or {}).get("paper")
+    lines.append(f"{'average':<20} {'':<9} {(f'{davg:.3f}' if davg is not None else '-'):>7} {avg:>7.3f}")
+    print("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _hydra_main(cfg: DictConfig):
+    try:
+        run(cfg)
+    except DietError as err:
+        try:
+            Recorder(Path(HydraConfig.get().runtime.output_dir)).status("failed", error=str(err))
+        except Exception:
+            pass
+        config.exit_on_error(err)
+
+
+def main() -> None:
+    try:
+        config.check_group_choices(sys.argv[1:])
+    except DietError as err:
+        config.exit_on_error(err)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

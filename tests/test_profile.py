@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from diet import profile
+from diet.models.adapters import get_adapter
+
+TEXTS = [
+    "The capital of France is Paris.",
+    "3 + 4 = 7",
+    "Question: is the sky blue? Answer: yes. Question: can fish fly? Answer: no.",
+    "A man is sitting on a roof.",
+    "hot cold",
+]
+
+
+def naive_stats(model, adapter, tokenizer, texts, target, max_length=64):
+    """Reference: run each text alone (no padding at all), keep every activation, reduce at the end."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    points = profile.hook_points(model, adapter, target)
+    handles = [
+        module.register_forward_pre_hook(
+            lambda _m, args, kwargs, n=name: captured.setdefault(n, []).append(
+                profile._first_input(args, kwargs)[0].detach().clone()), with_kwargs=True)
+        for name, module in points.items()
+    ]
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"]
+            model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    out = {}
+    for name, acts in captured.items():
+        x = torch.cat(acts).double()
+        out[name] = {"sum_abs": x.abs().sum(0), "sum_sq": (x * x).sum(0), "max_abs": x.abs().amax(0),
+                     "count": torch.tensor([float(x.shape[0])], dtype=torch.float64)}
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny_gemma2", "tiny_llama"])
+@pytest.mark.parametrize("target", ["mlp", "hidden"])
+def test_statistics_match_naive_reference_on_padded_batches(tiny_models, name, target):
+    model, tokenizer = tiny_models[name]
+    adapter = get_adapter(model)
+    got = profile.profile_texts(model, adapter, tokenizer, TEXTS, target, max_length=64, batch_size=3)
+    want = naive_stats(model, adapter, tokenizer, TEXTS, target)
+    n_layers = model.config.num_hidden_layers
+    assert sorted(got) == sorted(want)
+    assert len(got) == (n_layers if target == "mlp" else n_layers + 1)
+    width = model.config.intermediate_size if target == "mlp" else model.config.hidden_size
+    total_tokens = sum(len(tokenizer(t)["input_ids"]) for t in TEXTS)
+    for point, stats in got.items():
+        assert stats["sum_abs"].shape == (width,) and stats["sum_abs"].dtype == torch.float32
+        assert stats["count"].item() == total_tokens
+        for stat in profile.STATS:
+            torch.testing.assert_close(stats[stat].double(), want[point][stat], rtol=1e-4, atol=1e-5)
+
+
+def test_padding_and_batching_do_not_change_statistics(tiny_models):
+    model, tokenizer = tiny_models["tiny_llama"]
+    adapter = get_adapter(model)
+    one_by_one = profile.profile_texts(model, adapter, tokenizer, TEXTS, "mlp", max_length=64, batch_size=1)
+    batched = profile.profile_texts(model, adapter, tokenizer, TEXTS, "mlp", max_length=64, batch_size=5)
+    # Extra padding columns on top of the batch: still the same statistics.
+    batches = profile.tokenize(tokenizer, TEXTS, 64, 5)
+    for b in batches:
+        b["input_ids"] = torch.cat([b["input_ids"], torch.full((b["input_ids"].shape[0], 7), tokenizer.pad_token_id)], 1)
+        b["attention_mask"] = torch.cat([b["attention_mask"], torch.zeros(b["attention_mask"].shape[0], 7, dtype=torch.long)], 1)
+    padded = profile.collect(model, adapter, batches, "mlp")
+    for point in one_by_one:
+        for stat in profile.STATS:
+            torch.testing.assert_close(batched[point][stat], one_by_one[point][stat], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(padded[point][stat], one_by_one[point][stat], rtol=1e-5, atol=1e-6)
+
+
+def test_tokenize_right_pads_and_truncates(tiny_models):
+    _, tokenizer = tiny_models["tiny_gemma2"]
+    batches = profile.tokenize(tokenizer, TEXTS, max_length=6, batch_size=2)
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 2, 1]
+    for b in batches:
+        assert b["input_ids"].shape[1] <= 6
+        lengths = b["attention_mask"].sum(1)
+        for row, n in enumerate(lengths.tolist()):
+            assert b["attention_mask"][row, :n].all() and not b["attention_mask"][row, n:].any()
+            assert (b["input_ids"][row, n:] == tokenizer.pad_token_id).all()
+
+
+def test_flatten_round_trip():
+    stats = {"mlp.0": {"sum_abs": torch.ones(3), "count": torch.tensor([2.0])}, "mlp.1": {"max_abs": torch.zeros(3)}}
+    assert profile.unflatten(profile.flatten(stats)).keys() == stats.keys()
+    assert torch.equal(profile.unflatten(profile.flatten(stats))["mlp.0"]["sum_abs"], torch.ones(3))
