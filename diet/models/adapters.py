@@ -1,0 +1,157 @@
+"""Per-family knowledge of where things live in a Hugging Face causal LM.
+
+Every supported family is a `<Family>ForCausalLM` whose decoder sits at `model.model` and whose LM head is
+`model.lm_head`. The adapters differ in the norms around each sub-block, the RMSNorm parametrisation and the
+embedding scale; the pruning code asks the adapter and never looks at module names itself.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from diet import DietError
+
+
+class ResidualNorms(NamedTuple):
+    """RMSNorms of one decoder layer over the residual width.
+
+    pre: their output feeds readers (q/k/v, gate/up); post: they normalise a writer's output before it is added
+    to the residual stream (Gemma-2/3 only).
+    """
+
+    pre: list[nn.Module]
+    post: list[nn.Module]
+
+
+class Adapter:
+    """Common structure of the supported `<Family>ForCausalLM` models."""
+
+    family: str = ""
+    # RMSNorm computes x_hat * (norm_offset + weight): Gemma stores the scale as (1 + weight).
+    norm_offset: float = 0.0
+    # The embedding module multiplies its output by sqrt(config.hidden_size) (Gemma).
+    embedding_scaled_by_sqrt_width: bool = False
+
+    def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.model.layers)
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return model.model.norm
+
+    def embedding(self, model: nn.Module) -> nn.Embedding:
+        return model.model.embed_tokens
+
+    def lm_head(self, model: nn.Module) -> nn.Linear:
+        return model.lm_head
+
+    def mlp_projections(self, layer: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        mlp = layer.mlp
+        return mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def residual_readers(self, layer: nn.Module) -> list[nn.Linear]:
+        attn = layer.self_attn
+        gate, up, _ = self.mlp_projections(layer)
+        return [attn.q_proj, attn.k_proj, attn.v_proj, gate, up]
+
+    def residual_writers(self, layer: nn.Module) -> list[nn.Linear]:
+        _, _, down = self.mlp_projections(layer)
+        return [layer.self_attn.o_proj, down]
+
+    def residual_norms(self, layer: nn.Module) -> ResidualNorms:
+        raise NotImplementedError
+
+    def head_dim(self, model: nn.Module) -> int:
+        return self.decoder_layers(model)[0].self_attn.head_dim
+
+    def hidden_size(self, model: nn.Module) -> int:
+        return self.embedding(model).weight.shape[1]
+
+    def intermediate_sizes(self, model: nn.Module) -> list[int]:
+        return [self.mlp_projections(layer)[2].in_features for layer in self.decoder_layers(model)]
+
+    def word_embeddings_tied(self, model: nn.Module) -> bool:
+        return self.lm_head(model).weight is self.embedding(model).weight
+
+    def refresh_embedding_scale(self, model: nn.Module) -> None:
+        """Make the embedding's scale agree with `model.config.hidden_size` after that changed (no-op by default)."""
+
+
+class LlamaLikeAdapter(Adapter):
+    """Llama, Mistral, Qwen2: pre-norm blocks, RMSNorm scale `weight`, unscaled embeddings.
+
+    `post_attention_layernorm` is, despite its name, the pre-norm of the MLP.
+    """
+
+    def residual_norms(self, layer: nn.Module) -> ResidualNorms:
+        return ResidualNorms(pre=[layer.input_layernorm, layer.post_attention_layernorm], post=[])
+
+
+class LlamaAdapter(LlamaLikeAdapter):
+    family = "llama"
+
+
+class MistralAdapter(LlamaLikeAdapter):
+    family = "mistral"
+
+
+class Qwen2Adapter(LlamaLikeAdapter):
+    family = "qwen2"
+
+
+class GemmaAdapter(Adapter):
+    """Gemma-2 and Gemma-3 text: sandwich norms, RMSNorm scale `1 + weight`, embeddings times sqrt(hidden_size).
+
+    In transformers 5.23 both families keep that factor in a non-persistent `embed_scale` buffer of the
+    embedding module, computed once from `config.hidden_size` at construction; it is not saved, so a reloaded
+    model recomputes it from the saved config, and an in-memory model needs `refresh_embedding_scale`.
+    """
+
+    norm_offset = 1.0
+    embedding_scaled_by_sqrt_width = True
+
+    def residual_norms(self, layer: nn.Module) -> ResidualNorms:
+        return ResidualNorms(
+            pre=[layer.input_layernorm, layer.pre_feedforward_layernorm],
+            post=[layer.post_attention_layernorm, layer.post_feedforward_layernorm],
+        )
+
+    def refresh_embedding_scale(self, model: nn.Module) -> None:
+        embedding = self.embedding(model)
+        scale = model.config.hidden_size**0.5
+        embedding.scalar_embed_scale = scale
+        old = embedding.embed_scale
+        # Assigning to a registered buffer keeps its registration (and its non-persistence).
+        embedding.embed_scale = torch.tensor(scale, dtype=old.dtype, device=old.device)
+
+
+class Gemma2Adapter(GemmaAdapter):
+    family = "gemma2"
+
+
+class Gemma3TextAdapter(GemmaAdapter):
+    family = "gemma3_text"
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "gemma2": Gemma2Adapter,
+    "gemma3_text": Gemma3TextAdapter,
+    "llama": LlamaAdapter,
+    "mistral": MistralAdapter,
+    "qwen2": Qwen2Adapter,
+}
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise DietError(
+            f"model: architecture {model_type!r} is not supported; supported families: {', '.join(sorted(ADAPTERS))}"
+        )
+    if not hasattr(model, "lm_head"):
+        raise DietError(
+            f"model: {type(model).__name__} has no lm_head; pass a causal LM (AutoModelForCausalLM), not a base model"
+        )
+    return ADAPTERS[model_type]()

@@ -1,0 +1,324 @@
+"""Physical removal of pruned dimensions, in place, and saving/loading the smaller model.
+
+Masks are bool keep-masks: `"mlp.<layer index>"` (length: that layer's MLP width) for `target="mlp"`, one
+`"hidden"` mask (length: the residual width, shared by every layer) for `target="hidden"`. Weights are sliced one
+tensor at a time and the old Parameter is replaced, so a second full copy of the model never exists.
+
+target="mlp": the gate/up output rows and down input columns of removed neurons go. The pruned model computes
+exactly what the dense model computes with those neurons zeroed (`zero_masked_reference`).
+
+target="hidden": the pruned model computes the logits of the dense model whose residual stream is zero on the
+removed dimensions (embedding columns and residual-writer rows zeroed, see `zero_masked_reference`). Slicing
+alone is not enough, because every RMSNorm takes the mean of squares over the remaining width d' instead of d,
+and the epsilon inside the square root would need rescaling too, while one `rms_norm_eps` in the config serves
+every norm (Gemma-3's per-head q/k norms included). Instead the whole pruned residual stream is carried
+multiplied by c = sqrt(d'/d): its mean of squares over d' then equals the dense one over d, eps included.
+  - embedding: times c (Gemma gets it for free: its sqrt(hidden_size) factor becomes sqrt(d') = c * sqrt(d));
+  - residual writers (o_proj, down_proj rows and biases): times c; Gemma's post-norms then output c times the
+    dense value with unchanged weights;
+  - pre-norms (their output feeds q/k/v/gate/up): effective scale divided by c (Gemma: 1 + w' = (1 + w) / c);
+  - final norm: divided by c, and once more when the embedding was multiplied by c and is tied to the LM head
+    (tied Llama), so the logits are unchanged and the tie is kept.
+`config.hidden_size` becomes d' and `config.head_dim` is written explicitly so attention shapes stay.
+
+Non-uniform MLP widths: transformers 5.23's `per_layer_config` is not read by these modeling files, so the
+config stores `intermediate_sizes` (one width per layer) beside `intermediate_size` = the largest width.
+`load_pruned` loads such a checkpoint with `from_pretrained` of a same-named subclass of the model class whose
+constructor slices each layer's MLP down to its stored width right after the base constructor; inside
+`from_pretrained` that happens on the meta device, so nothing is allocated at the larger width, and loading,
+dtype, tying and buffer initialisation stay transformers' own. No remote code is involved. Plain
+`AutoModelForCausalLM.from_pretrained` loads uniform checkpoints (hidden-pruned ones included); it refuses
+non-uniform ones with a shape mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from torch import nn
+
+from diet import DietError
+from diet.models.adapters import Adapter, get_adapter
+
+TARGETS = ("mlp", "hidden")
+
+
+def expected_mask_lengths(model: nn.Module, adapter: Adapter, target: str) -> dict[str, int]:
+    """The mask keys `target` needs and the length each mask must have."""
+    if target == "mlp":
+        return {f"mlp.{i}": width for i, width in enumerate(adapter.intermediate_sizes(model))}
+    if target == "hidden":
+        return {"hidden": adapter.hidden_size(model)}
+    raise DietError(f"prune.target: {target!r} is not supported; allowed: {', '.join(TARGETS)}")
+
+
+def _describe_keys(keys: list[str]) -> str:
+    return ", ".join(keys) if len(keys) <= 3 else f"{keys[0]} .. {keys[-1]}"
+
+
+def _kept_indices(model: nn.Module, adapter: Adapter, masks: dict, target: str) -> dict[str, torch.Tensor]:
+    """Validate every mask before anything is touched; return the kept indices per key (CPU, int64)."""
+    expected = expected_mask_lengths(model, adapter, target)
+    for key in masks:
+        if key not in expected:
+            raise DietError(
+                f"masks: unexpected key {key!r} for target {target!r}; allowed keys: {_describe_keys(list(expected))}"
+            )
+    kept = {}
+    for key, length in expected.items():
+        if key not in masks:
+            raise DietError(
+                f"masks[{key!r}]: missing for target {target!r}; expected a bool mask of length {length}"
+            )
+        mask = masks[key]
+        if not isinstance(mask, torch.Tensor):
+            raise DietError(
+                f"masks[{key!r}]: a {type(mask).__name__} is not allowed; "
+                f"expected a torch.bool tensor of length {length}"
+            )
+        found = mask.shape[0] if mask.dim() == 1 else tuple(mask.shape)
+        if mask.dtype != torch.bool:
+            raise DietError(
+                f"masks[{key!r}]: dtype {mask.dtype} (length {found}) is not allowed; "
+                f"expected a torch.bool mask of length {length}"
+            )
+        if mask.dim() != 1 or mask.shape[0] != length:
+            raise DietError(f"masks[{key!r}]: length {found} found; expected a 1-D bool mask of length {length}")
+        indices = mask.detach().cpu().nonzero().squeeze(1)
+        if indices.numel() == 0:
+            raise DietError(
+                f"masks[{key!r}]: keeps 0 of {length} dimensions (length {found}, expected {length}); "
+                "a mask must keep at least one"
+            )
+        kept[key] = indices
+    return kept
+
+
+def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    if factor == 1.0:
+        return tensor
+    return (tensor.float() * factor).to(tensor.dtype)
+
+
+def _set_parameter(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(tensor, requires_grad=old.requires_grad))
+
+
+def _keep_outputs(linear: nn.Linear, indices: torch.Tensor, factor: float = 1.0) -> None:
+    indices = indices.to(linear.weight.device)
+    _set_parameter(linear, "weight", _scaled(linear.weight.detach().index_select(0, indices), factor))
+    if linear.bias is not None:
+        _set_parameter(linear, "bias", _scaled(linear.bias.detach().index_select(0, indices), factor))
+    linear.out_features = indices.numel()
+
+
+def _keep_inputs(linear: nn.Linear, indices: torch.Tensor) -> None:
+    indices = indices.to(linear.weight.device)
+    _set_parameter(linear, "weight", linear.weight.detach().index_select(1, indices))
+    linear.in_features = indices.numel()
+
+
+def _keep_norm(norm: nn.Module, indices: torch.Tensor, offset: float, divisor: float = 1.0) -> None:
+    """Slice an RMSNorm's weight and divide its effective scale (offset + weight) by `divisor`."""
+    weight = norm.weight.detach().index_select(0, indices.to(norm.weight.device))
+    if divisor != 1.0:
+        weight = ((offset + weight.float()) / divisor - offset).to(weight.dtype)
+    _set_parameter(norm, "weight", weight)
+
+
+def _set_mlp_width(model: nn.Module, adapter: Adapter, kept: list[torch.Tensor]) -> None:
+    for layer, indices in zip(adapter.decoder_layers(model), kept):
+        gate, up, down = adapter.mlp_projections(layer)
+        _keep_outputs(gate, indices)
+        _keep_outputs(up, indices)
+        _keep_inputs(down, indices)
+        if hasattr(layer.mlp, "intermediate_size"):  # informational attribute of the HF MLP modules
+            layer.mlp.intermediate_size = indices.numel()
+    widths = adapter.intermediate_sizes(model)
+    config = model.config
+    if len(set(widths)) == 1:
+        config.intermediate_size = widths[0]
+        if hasattr(config, "intermediate_sizes"):
+            del config.intermediate_sizes
+    else:
+        config.intermediate_size = max(widths)
+        config.intermediate_sizes = widths
+
+
+def _prune_hidden(model: nn.Module, adapter: Adapter, indices: torch.Tensor) -> None:
+    width, kept_width = adapter.hidden_size(model), indices.numel()
+    c = (kept_width / width) ** 0.5
+    offset = adapter.norm_offset
+    head_dim = adapter.head_dim(model)
+    tied = adapter.word_embeddings_tied(model)
+
+    embedding = adapter.embedding(model)
+    embedding_factor = 1.0 if adapter.embedding_scaled_by_sqrt_width else c
+    embedding_weight = embedding.weight.detach().index_select(1, indices.to(embedding.weight.device))
+    _set_parameter(embedding, "weight", _scaled(embedding_weight, embedding_factor))
+    embedding.embedding_dim = kept_width
+
+    lm_head = adapter.lm_head(model)
+    if tied:
+        lm_head.weight = embedding.weight
+        lm_head.in_features = kept_width
+        lm_head_factor = embedding_factor
+    else:
+        _keep_inputs(lm_head, indices)
+        lm_head_factor = 1.0
+
+    for layer in adapter.decoder_layers(model):
+        for reader in adapter.residual_readers(layer):
+            _keep_inputs(reader, indices)
+        for writer in adapter.residual_writers(layer):
+            _keep_outputs(writer, indices, factor=c)
+        norms = adapter.residual_norms(layer)
+        for norm in norms.pre:
+            _keep_norm(norm, indices, offset, divisor=c)
+        for norm in norms.post:
+            _keep_norm(norm, indices, offset)
+        if hasattr(layer, "hidden_size"):  # informational attribute of the HF decoder layers
+            layer.hidden_size = kept_width
+    _keep_norm(adapter.final_norm(model), indices, offset, divisor=c * lm_head_factor)
+
+    model.config.hidden_size = kept_width
+    model.config.head_dim = head_dim
+    adapter.refresh_embedding_scale(model)
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target: str) -> nn.Module:
+    """Remove the dimensions whose mask entry is False, in place; returns `model`. See the module docstring."""
+    kept = _kept_indices(model, adapter, masks, target)
+    if target == "mlp":
+        _set_mlp_width(model, adapter, [kept[f"mlp.{i}"] for i in range(len(kept))])
+    else:
+        _prune_hidden(model, adapter, kept["hidden"])
+    return model
+
+
+@torch.no_grad()
+def zero_masked_reference(
+    model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target: str
+) -> nn.Module:
+    """Zero the removed dimensions of a dense model in place (pass a copy): what `prune_model` must reproduce.
+
+    mlp: gate/up rows (and biases) and down columns of removed neurons. hidden: embedding columns and the
+    output rows and biases of every residual writer, so the residual stream is exactly zero there throughout.
+    """
+    _kept_indices(model, adapter, masks, target)  # same validation as prune_model
+    if target == "mlp":
+        for i, layer in enumerate(adapter.decoder_layers(model)):
+            removed = ~masks[f"mlp.{i}"].to(layer.mlp.down_proj.weight.device)
+            gate, up, down = adapter.mlp_projections(layer)
+            for linear in (gate, up):
+                linear.weight[removed] = 0
+                if linear.bias is not None:
+                    linear.bias[removed] = 0
+            down.weight[:, removed] = 0
+    else:
+        removed = ~masks["hidden"]
+        adapter.embedding(model).weight[:, removed.to(adapter.embedding(model).weight.device)] = 0
+        for layer in adapter.decoder_layers(model):
+            for writer in adapter.residual_writers(layer):
+                writer.weight[removed.to(writer.weight.device)] = 0
+                if writer.bias is not None:
+                    writer.bias[removed.to(writer.bias.device)] = 0
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters, each shared (tied) tensor counted once."""
+    seen, total = set(), 0
+    for parameter in model.parameters():
+        key = id(parameter) if parameter.device.type == "meta" else parameter.data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += parameter.numel()
+    return total
+
+
+def save_pruned(model: nn.Module, tokenizer, path: str | Path) -> Path:
+    """Write `save_pretrained` (safetensors) and the tokenizer (if any) to `path`, atomically: everything goes to
+    a temp folder beside `path` that is then renamed into place (replacing an existing `path`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if path.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            path.rename(retired / path.name)
+            staging.rename(path)
+            shutil.rmtree(retired)
+        else:
+            staging.rename(path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return path
+
+
+_WIDTH_AWARE_CLASSES: dict[type, type] = {}
+
+
+def _width_aware_class(base: type) -> type:
+    """A subclass of `base`, with the same name, whose constructor applies `config.intermediate_sizes`."""
+    if base not in _WIDTH_AWARE_CLASSES:
+
+        def __init__(self, config, *args, **kwargs):
+            base.__init__(self, config, *args, **kwargs)
+            adapter = get_adapter(self)
+            with torch.no_grad():
+                _set_mlp_width(self, adapter, [torch.arange(width) for width in config.intermediate_sizes])
+
+        _WIDTH_AWARE_CLASSES[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__})
+    return _WIDTH_AWARE_CLASSES[base]
+
+
+def load_pruned(path: str | Path, **from_pretrained_kwargs):
+    """Load what `save_pruned` wrote: returns (model, tokenizer or None). Keyword arguments go to
+    `from_pretrained` (dtype defaults to the saved one)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise DietError(
+            f"prune: pruned model path '{path}' has no config.json; expected a folder written by save_pruned"
+        )
+    from_pretrained_kwargs.setdefault("dtype", "auto")
+    config = transformers.AutoConfig.from_pretrained(path)
+    if getattr(config, "intermediate_sizes", None):
+        architecture = (config.architectures or [None])[0]
+        base = getattr(transformers, architecture or "", None)
+        if base is None:
+            raise DietError(
+                f"prune: architecture {architecture!r} in '{path / 'config.json'}' is not a transformers model class"
+            )
+        model = _width_aware_class(base).from_pretrained(path, config=config, **from_pretrained_kwargs)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, config=config, **from_pretrained_kwargs)
+    get_adapter(model)  # a clear error for an unsupported family
+    return model, _load_saved_tokenizer(path)
+
+
+def _load_saved_tokenizer(path: Path):
+    """The tokenizer `save_pruned` wrote, as the class it was saved as; None when none was saved.
+
+    AutoTokenizer alone is not enough: for a generic `tokenizers` tokenizer (tokenizer_class TokenizersBackend)
+    saved beside, e.g., a qwen2 config, transformers 5.23 picks the family's tokenizer class, which rebuilds a
+    different tokenizer (a toy WordLevel vocabulary then encodes to nothing).
+    """
+    config_file = path / "tokenizer_config.json"
+    if not config_file.is_file() and not (path / "tokenizer.json").is_file():
+        return None
+    saved_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    if saved_class in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return transformers.PreTrainedTokenizerFast.from_pretrained(path)
+    return transformers.AutoTokenizer.from_pretrained(path)
