@@ -16,7 +16,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 import diet
-from diet import DietError, cache, config, evaluate, models, profile, prune, tracking, vote
+from diet import DietError, cache, config, evaluate, models, plots, profile, prune, tracking, vote
 from diet.tasks import calibration
 
 log = logging.getLogger("diet")
@@ -81,21 +81,23 @@ def profile_stage(cfg, loaded, calib_sets: dict[str, calibration.CalibrationSet]
 
 
 def vote_stage(cfg, stats: dict, group_widths: dict[str, int]):
-    """(final masks, per-task masks, vote counts per group)."""
+    """(final masks, per-task masks, vote counts per group, mean normalised score per group or None)."""
     if cfg.method.name == "random":
-        return vote.random_masks(group_widths, cfg.sparsity, cfg.seed), {}, {}
+        return vote.random_masks(group_widths, cfg.sparsity, cfg.seed), {}, {}, None
     scores = {name: vote.group_scores(s, cfg.scoring.name, cfg.prune.target) for name, s in stats.items()}
     for name, task_scores in scores.items():
         for group, score in task_scores.items():
             if score.numel() != group_widths[group]:
                 raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
                                 f"has {group_widths[group]}; delete the stale cache under cache_dir")
+    mean_scores = {group: torch.stack([vote.normalise(s[group]) for s in scores.values()]).mean(dim=0)
+                   for group in group_widths}
     per_task = {name: vote.task_masks(s, cfg.sparsity) for name, s in scores.items()}
     if len(per_task) == 1:
         (only,) = per_task.values()
-        return dict(only), {}, {}
+        return dict(only), {}, {}, mean_scores
     masks, votes = vote.merge(per_task, scores, cfg.sparsity, cfg.vote.threshold, cfg.vote.exact_budget)
-    return masks, per_task, votes
+    return masks, per_task, votes, mean_scores
 
 
 def run(cfg: DictConfig) -> dict:
@@ -136,7 +138,7 @@ def run(cfg: DictConfig) -> dict:
 
     recorder.status("running", stage="vote")
     t = time.perf_counter()
-    masks, per_task_masks, votes = vote_stage(cfg, stats, group_widths)
+    masks, per_task_masks, votes, mean_scores = vote_stage(cfg, stats, group_widths)
     achieved = vote.achieved_sparsity(masks)
     timings["vote"] = time.perf_counter() - t
     log.info("vote: %s, achieved sparsity %.4f (requested %.4f)", cfg.method.name, achieved, cfg.sparsity)
@@ -146,15 +148,18 @@ def run(cfg: DictConfig) -> dict:
     mask_path = recorder.masks(mask_tensors, {"target": cfg.prune.target, "scope": cfg.prune.scope,
                                               "sparsity": str(cfg.sparsity), "method": cfg.method.name})
 
+    held_out = {part.task: part.doc_ids for c in calib_sets.values() for part in (c.parts.values() or [c])
+                if part.held_out_of_eval}
+    for calib_set in calib_sets.values():
+        calibration.exclude_calibration_docs(task_objects, calib_set)
     eval_tasks = task_lib.evaluation_tasks({n: task_objects[n] for n in eval_names})
     eval_kwargs = dict(device=device, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit,
-                       num_fewshot=cfg.eval.num_fewshot, bootstrap_iters=cfg.eval.bootstrap_iters, seed=cfg.seed,
-                       samples=task_lib.eval_samples({n: task_objects[n] for n in eval_names}, calib_sets))
+                       num_fewshot=cfg.eval.num_fewshot, bootstrap_iters=cfg.eval.bootstrap_iters, seed=cfg.seed)
     dense_metrics = None
     if cfg.eval.dense:
         recorder.status("running", stage="dense_eval")
         t = time.perf_counter()
-        dense_metrics = dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir)
+        dense_metrics = dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir, held_out)
         timings["dense_eval"] = time.perf_counter() - t
 
     recorder.status("running", stage="prune")
@@ -197,6 +202,7 @@ def run(cfg: DictConfig) -> dict:
                                if dense_metrics[t].get(m) is not None and metrics[t].get(m) is not None}
                            for t in metrics if t in dense_metrics}
     recorder.json("results.json", results)
+    plot_paths = plots.write_all(recorder.dir, masks, per_task_masks, votes, mean_scores, cfg.prune.target)
     recorder.status("done")
     print_summary(results)
 
@@ -204,18 +210,19 @@ def run(cfg: DictConfig) -> dict:
     tracking.log_run(
         OmegaConf.to_container(cfg.logger, resolve=True), run_dir=str(recorder.dir),
         config=OmegaConf.to_container(cfg, resolve=True), results=results, mask_path=str(mask_path),
+        plot_paths=[str(p) for p in plot_paths],
         name=hydra_cfg.job.override_dirname or cfg.model.name,
         group=Path(hydra_cfg.sweep.dir).name if is_multirun else None)
     return results
 
 
-def dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir: Path) -> dict:
+def dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir: Path, held_out: dict[str, list[int]]) -> dict:
+    """The unpruned model's metrics, cached so that a sweep evaluates each dense model once."""
     import lm_eval
 
-    key = {"model": loaded.fingerprint, "tasks": sorted(t if isinstance(t, str) else repr(t) for t in
-                                                        cfg.eval.tasks or cfg.tasks.names),
+    key = {"model": loaded.fingerprint, "tasks": sorted(cfg.eval.tasks or cfg.tasks.names),
            "limit": cfg.eval.limit, "num_fewshot": cfg.eval.num_fewshot, "lm_eval": lm_eval.__version__,
-           "samples": eval_kwargs["samples"], "local_dir": cfg.data.local_dir, "seed": cfg.seed,
+           "held_out_of_eval": held_out, "local_dir": cfg.data.local_dir, "seed": cfg.seed,
            "bootstrap_iters": cfg.eval.bootstrap_iters}
     store = cache.Cache(cache_dir, "dense_eval")
     cached = store.load_json(key)

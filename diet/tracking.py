@@ -1,6 +1,8 @@
 """W&B tracking. Never fatal: every local output is written before W&B is touched, and any W&B failure is a warning."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -26,40 +28,76 @@ def flatten_config(cfg: dict, prefix: str = "") -> dict:
 
 
 def log_run(logger_cfg: dict, *, run_dir: str, config: dict, results: dict, mask_path: str, name: str,
-            group: str | None) -> str | None:
+            group: str | None, plot_paths: list[str] = ()) -> str | None:
     """Log one finished run; returns the W&B run folder, or None when tracking is off or failed."""
     if logger_cfg.get("name", "none") == "none":
         return None
     mode = os.environ.get("WANDB_MODE") or logger_cfg.get("mode") or "offline"
-    try:
-        import wandb
-
-        os.environ.setdefault("WANDB_INIT_TIMEOUT", "20")  # the default 90 s blocks a run with no network
-        run = wandb.init(
-            project=logger_cfg.get("project", "diet"), entity=logger_cfg.get("entity"),
-            group=logger_cfg.get("group") or group, tags=list(logger_cfg.get("tags") or []), name=name,
-            mode=mode, dir=run_dir, config=flatten_config(config), reinit="finish_previous",
-        )
-        for task, values in results["metrics"].items():
-            for metric, value in values.items():
-                if value is not None:
-                    run.summary[f"{task}/{metric}"] = value
-        for metric, value in results["average"].items():
-            if value is not None:
-                run.summary[f"average/{metric}"] = value
-        run.summary["sparsity/achieved"] = results["sparsity"]["achieved"]
-        run.summary["params/pruned"] = results["params"]["pruned"]
-        run.summary["params/ratio"] = results["params"]["pruned"] / results["params"]["dense"]
-        for stage, seconds in results["timings_s"].items():
-            run.summary[f"time/{stage}"] = seconds
-        artifact = wandb.Artifact(f"mask-{results['mask_sha256'][:12]}", type="mask",
-                                  metadata={k: results[k] for k in ("target", "method", "scoring", "model")})
-        artifact.add_file(mask_path, name="mask.safetensors")
-        run.log_artifact(artifact)
-        folder = run.dir
-        run.finish()
-        return os.path.dirname(folder)
-    except Exception as err:  # tracking must never lose a result
-        log.warning("W&B logging failed (%s: %s); results.json and mask.safetensors are complete in %s",
-                    type(err).__name__, str(err).splitlines()[0] if str(err) else "", run_dir)
+    if mode == "disabled":
         return None
+    try:
+        return _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths)
+    except Exception as err:  # tracking must never lose a result
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if mode != "offline":
+        log.warning("W&B %s logging failed (%s); falling back to offline mode (upload later with `wandb sync`)",
+                    mode, reason)
+        try:
+            return _log_to_wandb(logger_cfg, "offline", run_dir, config, results, mask_path, name, group, plot_paths)
+        except Exception as err:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    log.warning("W&B logging failed (%s); results.json and mask.safetensors are complete in %s", reason, run_dir)
+    return None
+
+
+def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths) -> str:
+    import wandb
+
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "20")  # the default 90 s blocks a run with no network
+    os.environ["WANDB_MODE"] = mode  # the environment outranks init(mode=...); keep the two the same
+    run = wandb.init(
+        project=logger_cfg.get("project", "diet"), entity=logger_cfg.get("entity"),
+        group=logger_cfg.get("group") or group, tags=list(logger_cfg.get("tags") or []), name=name,
+        mode=mode, dir=run_dir, config=flatten_config(config), reinit="finish_previous",
+    )
+    try:
+        run.summary.update(summary_values(results))
+        dense = results.get("dense_metrics") or {}
+        table = wandb.Table(columns=["task", "metric", "dense", "pruned", "drop"])
+        for task, values in results["metrics"].items():
+            metric = results["paper_metric"].get(task, "acc")
+            pruned, before = values.get(metric), dense.get(task, {}).get(metric)
+            table.add_data(task, metric, before, pruned, None if before is None or pruned is None else before - pruned)
+        images = {f"plots/{os.path.splitext(os.path.basename(p))[0]}": wandb.Image(p) for p in plot_paths}
+        run.log({"per_task": table, **images})
+        artifact = wandb.Artifact(f"mask-{results['mask_sha256'][:16]}", type="mask",
+                                  metadata={k: results[k] for k in ("model", "target", "scope", "method", "scoring")})
+        artifact.add_file(mask_path, name="mask.safetensors")
+        run.log_artifact(artifact, aliases=["latest", f"config-{config_hash(config)}"])
+        return os.path.dirname(run.dir)
+    finally:
+        run.finish()
+
+
+def summary_values(results: dict) -> dict:
+    """Flat W&B summary: per-task metrics, averages, sparsity, parameters, stage times, profile cache hits."""
+    values = {f"{task}/{metric}": v for task, row in results["metrics"].items() for metric, v in row.items()
+              if v is not None}
+    values.update({f"average/{metric}": v for metric, v in results["average"].items() if v is not None})
+    for task, row in (results.get("drop") or {}).items():
+        values.update({f"{task}/drop_{metric}": v for metric, v in row.items()})
+    values.update({
+        "sparsity/requested": results["sparsity"]["requested"], "sparsity/achieved": results["sparsity"]["achieved"],
+        "params/dense": results["params"]["dense"], "params/pruned": results["params"]["pruned"],
+        "params/ratio": results["params"]["pruned"] / results["params"]["dense"],
+        "profile_cache/hits": sum(v == "hit" for v in results["profile_cache"].values()),
+        "profile_cache/misses": sum(v == "miss" for v in results["profile_cache"].values()),
+    })
+    values.update({f"time/{stage}": seconds for stage, seconds in results["timings_s"].items()})
+    return values
+
+
+def config_hash(config: dict) -> str:
+    """Short hash of the resolved config minus what does not change the mask (logger, eval, device)."""
+    relevant = {k: v for k, v in config.items() if k not in ("logger", "eval", "device", "cache_dir", "hydra")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,114 @@
+"""End to end: python -m diet.run as a user types it, on the tiny models and the demo tasks, offline."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+QUICK = ["tasks=demo", "calib.n_samples=6", "calib.max_length=32", "eval.limit=8", "eval.bootstrap_iters=0"]
+
+
+def diet_run(tmp_path: Path, *overrides: str, run_dir: str = "run", env: dict | None = None, multirun=False):
+    args = [sys.executable, "-m", "diet.run"] + (["-m"] if multirun else []) + [
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / run_dir}" if not multirun else f"hydra.sweep.dir={tmp_path / run_dir}",
+        *overrides]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def test_end_to_end_run_writes_the_output_contract(tmp_path):
+    proc = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "eval.dense=true", "logger=wandb", "sparsity=0.25")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert results["model"] == "tiny_gemma2" and results["method"] == "diet" and results["target"] == "mlp"
+    assert results["tasks"] == results["eval_tasks"] == ["demo_capitals", "demo_antonyms", "demo_sums", "demo_plurals"]
+    assert results["sparsity"] == {"requested": 0.25, "achieved": 0.25}  # 32 of 128 neurons per layer
+    assert results["params"]["pruned"] == results["params"]["dense"] - 2 * 32 * 3 * 64
+    assert set(results["timings_s"]) == {"profile", "vote", "prune", "eval", "dense_eval", "total"}
+    assert results["profile_cache"] == {t: "miss" for t in results["tasks"]}
+    for task, row in results["metrics"].items():
+        assert 0 <= row["acc"] <= 1 and 0 <= row["acc_norm"] <= 1
+        assert results["drop"][task]["acc"] == pytest.approx(results["dense_metrics"][task]["acc"] - row["acc"])
+    assert results["average"]["acc"] == pytest.approx(sum(r["acc"] for r in results["metrics"].values()) / 4)
+    with safe_open(run / "mask.safetensors", "pt") as f:
+        keys = set(f.keys())
+        assert f.metadata()["target"] == "mlp"
+        final = {k: f.get_tensor(k) for k in ("mlp.0", "mlp.1")}
+        assert all(f.get_tensor(k).dtype == torch.bool for k in keys)
+    assert keys == {"mlp.0", "mlp.1"} | {f"task.{t}.mlp.{i}" for t in results["tasks"] for i in (0, 1)}
+    assert all(int(m.sum()) == 96 for m in final.values())
+    for png in ("kept_per_layer.png", "vote_histogram.png", "mask_overlap.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (run / png).stat().st_size > 2000
+    (offline_run,) = (run / "wandb").glob("offline-run-*")
+    assert list(offline_run.glob("*.wandb"))  # the run's record: config, summary, table, artifact
+    assert "dense vs" not in proc.stdout and "demo_capitals" in proc.stdout and "average" in proc.stdout
+
+
+def test_same_config_gives_identical_mask_and_second_run_hits_profile_cache(tmp_path):
+    first = diet_run(tmp_path, "model=tiny_llama", *QUICK, "logger=none", "prune.target=hidden", run_dir="a")
+    second = diet_run(tmp_path, "model=tiny_llama", *QUICK, "logger=none", "prune.target=hidden", run_dir="b")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("a", "b"))
+    assert a["mask_sha256"] == b["mask_sha256"]
+    masks = [load_file(tmp_path / d / "mask.safetensors") for d in ("a", "b")]
+    assert masks[0].keys() == masks[1].keys() and all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    assert set(a["profile_cache"].values()) == {"miss"} and set(b["profile_cache"].values()) == {"hit"}
+    assert a["params"]["pruned"] < a["params"]["dense"] and a["sparsity"]["achieved"] == pytest.approx(13 / 64)
+    assert (tmp_path / "b" / "kept_by_score.png").stat().st_size > 2000
+
+
+def test_sparsity_sweep_profiles_once(tmp_path):
+    proc = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=none", "sparsity=0.1,0.2,0.3", run_dir="sweep",
+                    multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text()) for i in range(3)]
+    assert [r["sparsity"]["requested"] for r in results] == [0.1, 0.2, 0.3]
+    assert [set(r["profile_cache"].values()) for r in results] == [{"miss"}, {"hit"}, {"hit"}]
+    assert results[0]["params"]["pruned"] > results[1]["params"]["pruned"] > results[2]["params"]["pruned"]
+
+
+def test_saved_pruned_model_loads_back_with_plain_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    proc = diet_run(tmp_path, "model=tiny_llama", *QUICK, "logger=none", "prune.save=true", "method=random")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "pruned_model")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert model.config.intermediate_size == 128 - 26
+    assert sum(p.numel() for p in model.parameters()) == results["params"]["pruned"]
+    assert results["profile_cache"] == {} and results["timings_s"]["profile"] < 1
+
+
+def test_wandb_failure_still_writes_results_and_exits_zero(tmp_path):
+    # Online with no API key: W&B refuses at once; the run falls back to offline and keeps every local output.
+    env = {"WANDB_MODE": "online", "WANDB_API_KEY": "", "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    proc = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=wandb", "logger.mode=online", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]
+    assert "falling back to offline" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=gemma2_99b"], "diet: error: model: unknown choice 'gemma2_99b'; allowed: gemma2_27b, gemma2_2b"),
+    (["model=tiny_llama", "tasks.names=[boolqq]"], "tasks.names: unknown lm-eval task 'boolqq'"),
+    (["model=tiny_llama", "sparsity=1.0"], "sparsity: 1.0 is not allowed; allowed: a number in [0, 1)"),
+    (["model=tiny_llama", "tasks=demo", "calib.n_samples=500"], "calib.n_samples: 500 is more than task"),
+    (["model=tiny_llama", "vote.threshold=0"], "vote.threshold: 0 is not allowed"),
+    (["model=gemma2_2b", "tasks=demo", "calib.n_samples=4"], "model.name_or_path: 'google/gemma-2-2b': the Hugging Face hub is unreachable"),
+    (["model=tiny_llama", "model.name_or_path=/no/such/ckpt", "model.source=hub", "tasks=demo", "calib.n_samples=4"],
+     "model.name_or_path: '/no/such/ckpt' is not a Hugging Face checkpoint folder"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_results(tmp_path, overrides, message):
+    proc = diet_run(tmp_path, *overrides, "logger=none")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("diet: error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
