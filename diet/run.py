@@ -175,7 +175,11 @@ def run(cfg: DictConfig) -> dict:
 
     recorder.status("running", stage="eval")
     t = time.perf_counter()
-    metrics = evaluate.evaluate(loaded.model, loaded.tokenizer, eval_tasks, **eval_kwargs)["metrics"]
+    evaluated = evaluate.evaluate(loaded.model, loaded.tokenizer, eval_tasks, log_samples=cfg.eval.log_samples,
+                                  **eval_kwargs)
+    metrics = evaluated["metrics"]
+    if cfg.eval.log_samples:
+        recorder.json("eval_samples.json", evaluated["samples"])
     timings["eval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
 
@@ -211,6 +215,7 @@ def run(cfg: DictConfig) -> dict:
         OmegaConf.to_container(cfg.logger, resolve=True), run_dir=str(recorder.dir),
         config=OmegaConf.to_container(cfg, resolve=True), results=results, mask_path=str(mask_path),
         plot_paths=[str(p) for p in plot_paths],
+        model_dir=str(recorder.dir / "pruned_model") if cfg.prune.save else None,
         name=hydra_cfg.job.override_dirname or cfg.model.name,
         group=Path(hydra_cfg.sweep.dir).name if is_multirun else None)
     return results

@@ -28,7 +28,7 @@ def flatten_config(cfg: dict, prefix: str = "") -> dict:
 
 
 def log_run(logger_cfg: dict, *, run_dir: str, config: dict, results: dict, mask_path: str, name: str,
-            group: str | None, plot_paths: list[str] = ()) -> str | None:
+            group: str | None, plot_paths: list[str] = (), model_dir: str | None = None) -> str | None:
     """Log one finished run; returns the W&B run folder, or None when tracking is off or failed."""
     if logger_cfg.get("name", "none") == "none":
         return None
@@ -36,21 +36,23 @@ def log_run(logger_cfg: dict, *, run_dir: str, config: dict, results: dict, mask
     if mode == "disabled":
         return None
     try:
-        return _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths)
+        return _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths,
+                             model_dir)
     except Exception as err:  # tracking must never lose a result
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     if mode != "offline":
         log.warning("W&B %s logging failed (%s); falling back to offline mode (upload later with `wandb sync`)",
                     mode, reason)
         try:
-            return _log_to_wandb(logger_cfg, "offline", run_dir, config, results, mask_path, name, group, plot_paths)
+            return _log_to_wandb(logger_cfg, "offline", run_dir, config, results, mask_path, name, group, plot_paths,
+                                 model_dir)
         except Exception as err:
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     log.warning("W&B logging failed (%s); results.json and mask.safetensors are complete in %s", reason, run_dir)
     return None
 
 
-def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths) -> str:
+def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths, model_dir) -> str:
     import wandb
 
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "20")  # the default 90 s blocks a run with no network
@@ -74,6 +76,13 @@ def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, g
                                   metadata={k: results[k] for k in ("model", "target", "scope", "method", "scoring")})
         artifact.add_file(mask_path, name="mask.safetensors")
         run.log_artifact(artifact, aliases=["latest", f"config-{config_hash(config)}"])
+        if logger_cfg.get("log_model"):
+            if model_dir is None:
+                log.warning("logger.log_model=true needs prune.save=true; no model artifact logged")
+            else:
+                model_artifact = wandb.Artifact(f"pruned-{results['model']}-{config_hash(config)}", type="model")
+                model_artifact.add_dir(model_dir)
+                run.log_artifact(model_artifact)
         return os.path.dirname(run.dir)
     finally:
         run.finish()

@@ -47,7 +47,17 @@ def test_end_to_end_run_writes_the_output_contract(tmp_path):
     for png in ("kept_per_layer.png", "vote_histogram.png", "mask_overlap.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (run / png).stat().st_size > 2000
     (offline_run,) = (run / "wandb").glob("offline-run-*")
-    assert list(offline_run.glob("*.wandb"))  # the run's record: config, summary, table, artifact
+    (record,) = offline_run.glob("*.wandb")  # W&B's transaction log: config, summary, history, artifacts
+    log_bytes = record.read_bytes()
+    for needle in (b"average/paper", b"demo_sums/acc", b"sparsity/achieved", b"params/ratio", b"time/profile",
+                   b"profile_cache/misses", b"mask.safetensors", b"calib.n_samples"):
+        assert needle in log_bytes, needle
+    (table,) = offline_run.glob("files/media/table/per_task_*.table.json")
+    rows = json.loads(table.read_text())["data"]
+    assert [r[0] for r in rows] == results["tasks"]
+    assert rows[0][2:] == pytest.approx([results["dense_metrics"]["demo_capitals"]["acc"],
+                                         results["metrics"]["demo_capitals"]["acc"], results["drop"]["demo_capitals"]["acc"]])
+    assert len(list(offline_run.glob("files/media/images/plots/*.png"))) == 3
     assert "dense vs" not in proc.stdout and "demo_capitals" in proc.stdout and "average" in proc.stdout
 
 
@@ -112,3 +122,19 @@ def test_bad_input_is_one_line_exit_2_and_no_results(tmp_path, overrides, messag
     assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_leave_one_out_evaluates_outside_the_mix_and_dense_eval_is_cached(tmp_path):
+    overrides = ["model=tiny_gemma2", *QUICK, "logger=none", "tasks.names=[demo_capitals,demo_antonyms,demo_plurals]",
+                 "eval.tasks=[demo_sums]", "eval.dense=true", "eval.log_samples=true"]
+    first = diet_run(tmp_path, *overrides, run_dir="a")
+    second = diet_run(tmp_path, *overrides, "sparsity=0.5", run_dir="b")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("a", "b"))
+    assert a["tasks"] == ["demo_capitals", "demo_antonyms", "demo_plurals"] and a["eval_tasks"] == ["demo_sums"]
+    assert set(a["metrics"]) == {"demo_sums"} and set(a["profile_cache"]) == set(a["tasks"])
+    assert "dense eval cache: miss" in first.stdout + first.stderr
+    assert "dense eval cache: hit" in second.stdout + second.stderr
+    assert a["dense_metrics"] == b["dense_metrics"] and "dense_eval" in a["timings_s"]
+    samples = json.loads((tmp_path / "a" / "eval_samples.json").read_text())
+    assert list(samples) == ["demo_sums"] and len(samples["demo_sums"]) == 8  # eval.limit documents
