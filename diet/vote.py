@@ -1,23 +1,67 @@
-"""Vote stage: scores from profile statistics, per-task keep-masks, and their merge into one mask.
+"""Vote stage: scores from profile statistics (or weights), per-task keep-masks, and their merge into one mask.
 
 Masks are dicts of bool tensors keyed by group: `hidden` (one residual mask shared by every layer) or `mlp.<i>`.
-Every ordering is explicit and stable, so the same statistics give a bit-identical mask.
+Every ordering is explicit and stable, and tasks and groups are always visited in sorted order (groups by layer
+index), so the same scores give a bit-identical mask whatever the order of the dicts passed in.
 
-Merge rule (our reading of the paper's "majority vote"): a dimension gets one vote from each task whose own mask keeps
-it; it is kept when votes / n_tasks >= threshold (strict majority when threshold is None). With `exact_budget`, the
-voted set is then filled or trimmed to exactly the kept count, ranking by (votes, mean normalised score, -index).
-Note that with an exact budget the final mask is the top of that ranking whatever the threshold: the threshold only
-changes the result when `vote.exact_budget=false` (then the achieved sparsity is whatever the vote gives).
+Scorings (per dimension, from the profile statistics of one task):
+  act_l1: mean |x|;  act_l2: sqrt(mean x^2);  act_max: max |x|;
+  wanda:  sqrt(mean x^2) * ||W_d||_2, the structured form of Wanda's |W| * ||X||: the activation norm of the
+          dimension times the L2 norm of the weights that touch it (`weight_norms`). Wanda's ||X|| is
+          sqrt(sum x^2); we use sqrt(mean x^2), which differs by sqrt(token count), a constant per hook point that
+          the per-group (and, for `hidden`, per-point) normalisation removes, so masks are the same either way.
+  For `hidden`, every scoring is computed per hook point and the normalised point scores are averaged.
+
+Merge methods (`vote.method`), over T tasks; each task's own mask gives one vote to each dimension it keeps:
+  majority:     kept when votes / T >= threshold (strict majority, > T/2, when threshold is None);
+  union:        threshold 1/T (one vote is enough);  intersection: threshold 1 (every task);
+  mean_score:   no vote: the top of the mean over tasks of the normalised task scores.
+  With `exact_budget` the voted set is filled or trimmed to the budget, ranking by (votes desc, mean normalised
+  score desc, index asc). Note that with an exact budget the final mask is the top of that ranking whatever the
+  threshold, so majority, union and intersection give the same mask: they only differ when
+  `vote.exact_budget=false` (then the achieved sparsity is whatever the vote gives). mean_score is always exact.
+
+Scope, min_keep and multiple_of (`build_masks`):
+  scope=layer:  each group keeps kept_count(width, sparsity), rounded to an allowed width (below); the same
+                fraction in every layer, so equal-width layers keep equal widths.
+  scope=global: one ranking over all groups: each group's scores are normalised (divided by their mean, see
+                `normalise`) and concatenated in layer order; the budget is kept_count(sum of widths, sparsity).
+                Per-task masks, the vote ranking and the exact budget are all global; layers end up with
+                different widths. Ties: lower layer first, then lower index.
+  min_keep:     a fraction in [0, 1] of each group's width that is never removed: group g keeps at least
+                lo_g = the smallest allowed width >= max(1, ceil(min_keep * width_g)). In global scope these lo_g
+                dimensions (the group's own best) are reserved first and the rest of the budget is filled from the
+                global ranking, which is the same as "global top-k, then raise short groups by taking from the
+                globally worst kept dimensions". In layer scope it only guards against a budget it cannot meet.
+                Infeasible (DietError naming prune.min_keep, its value and the largest allowed value, floored to
+                4 decimals) when
+                layer: lo_g > the layer's kept width for some group; global: sum of lo_g > the budget.
+  multiple_of:  an integer >= 1; every kept width is a multiple of it, or the group's full width (a group
+                narrower than multiple_of is not pruned). Layer scope: the nearest allowed width to kept_count
+                (ties to the smaller, so a tie never prunes less than asked). Global scope: each group's count
+                from the global ranking is rounded down to an allowed width (never below lo_g), then groups are
+                rounded up one at a time, in order of the fraction of the step they already had (largest first,
+                then lower layer), while that brings the total closer to the budget (largest-remainder
+                apportionment): the total is within multiple_of / 2 of the budget when widths are multiples of it.
+                Within a group, the kept dimensions are always the top of the ranking restricted to that group.
+  exact_budget=false (votes): each group keeps its voted dimensions, raised to lo_g and rounded to the nearest
+                allowed width by the same ranking (with min_keep met and multiple_of=1: exactly the voted set).
 """
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 
 from diet import DietError
 
-SCORINGS = ("act_l1", "act_l2", "act_max")
+SCORINGS = ("act_l1", "act_l2", "act_max", "wanda")
+VOTE_METHODS = ("majority", "union", "intersection", "mean_score")
+SCOPES = ("layer", "global")
+TARGETS = ("mlp", "hidden")
+DEFAULT_MIN_KEEP = 0.125
+_EPS = 1e-9
 
 
 def point_score(stats: dict[str, torch.Tensor], scoring: str) -> torch.Tensor:
@@ -36,19 +80,111 @@ def normalise(score: torch.Tensor) -> torch.Tensor:
     return score / score.mean().clamp_min(torch.finfo(score.dtype).tiny)
 
 
-def group_scores(stats: dict[str, dict[str, torch.Tensor]], scoring: str, target: str) -> dict[str, torch.Tensor]:
+def group_scores(stats: dict[str, dict[str, torch.Tensor]], scoring: str, target: str,
+                 weight_norms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """One score vector per mask group. For `hidden`, the residual stream is scored at every layer input and the
     normalised scores are averaged over those points (later layers have far larger activations; a plain sum would
-    let the last few layers decide alone)."""
+    let the last few layers decide alone). `wanda` needs `weight_norms` (keys: the hook points of `stats`)."""
+    points = sorted(stats, key=_index)
+    if scoring == "wanda":
+        if weight_norms is None:
+            raise ValueError("scoring 'wanda' needs weight_norms=vote.weight_norms(model, adapter, target)")
+        per_point = {}
+        for point in points:
+            activation = point_score(stats[point], "act_l2")
+            if point not in weight_norms or weight_norms[point].shape != activation.shape:
+                found = tuple(weight_norms[point].shape) if point in weight_norms else "missing"
+                raise ValueError(f"weight_norms[{point!r}]: {found}; expected shape {tuple(activation.shape)}")
+            per_point[point] = activation * weight_norms[point].float().cpu()
+    else:
+        per_point = {point: point_score(stats[point], scoring) for point in points}
+    return _aggregate(per_point, target)
+
+
+def _aggregate(per_point: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
     if target == "mlp":
-        return {point: point_score(s, scoring) for point, s in sorted(stats.items(), key=lambda kv: _index(kv[0]))}
-    points = [normalise(point_score(s, scoring)) for _, s in sorted(stats.items(), key=lambda kv: _index(kv[0]))]
-    return {"hidden": torch.stack(points).mean(dim=0)}
+        return dict(per_point)
+    return {"hidden": torch.stack([normalise(s) for s in per_point.values()]).mean(dim=0)}
 
 
 def _index(point: str) -> int:
     return int(point.rsplit(".", 1)[1])
 
+
+def _group_key(name: str):
+    prefix, _, suffix = name.rpartition(".")
+    return (prefix, int(suffix)) if prefix and suffix.isdigit() else (name, -1)
+
+
+def _sorted_groups(names) -> list[str]:
+    return sorted(names, key=_group_key)
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+
+def _column_sq_norms(weight: torch.Tensor, rows_per_chunk: int = 4096) -> torch.Tensor:
+    """sum over rows of w^2 per input column, in float32 on the weight's device, a block of rows at a time (an LM
+    head of a 256k vocabulary never gets a full float32 copy)."""
+    out = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], rows_per_chunk):
+        block = weight[start:start + rows_per_chunk].float()
+        out += (block * block).sum(dim=0)
+    return out
+
+
+def _norm_scale(norm, offset: float) -> torch.Tensor:
+    return offset + norm.weight.detach().float()
+
+
+@torch.no_grad()
+def weight_norms(model, adapter, target: str) -> dict[str, torch.Tensor]:
+    """Per-dimension L2 norm of the weights that touch each dimension (float32, cpu), keyed like the profile's
+    hook points (for `mlp` those are the mask groups).
+
+    mlp.<i>:    column j of layer i's down_proj: the weights that write neuron j's output (the neuron's activation
+                is exactly down_proj's input, which the profile records).
+    hidden.<i>: the readers of the residual stream entering layer i: column d of q, k, v, gate and up stacked into
+                one matrix, each multiplied by the effective scale (norm_offset + weight) of the RMSNorm in front
+                of it (adapter.residual_norms(layer).pre: the first feeds attention, the last feeds the MLP), i.e.
+                sqrt(sum over those readers of (s_d * ||W[:, d]||)^2).
+    hidden.<L>: the LM head's column d times the final norm's effective scale (tied heads read the embedding).
+    """
+    layers = adapter.decoder_layers(model)
+    if target == "mlp":
+        return {f"mlp.{i}": _column_sq_norms(adapter.mlp_projections(layer)[2].weight).sqrt().cpu()
+                for i, layer in enumerate(layers)}
+    if target != "hidden":
+        raise ValueError(f"unknown target {target!r}")
+    offset = adapter.norm_offset
+    norms = {}
+    for i, layer in enumerate(layers):
+        gate, up, _ = adapter.mlp_projections(layer)
+        pre = adapter.residual_norms(layer).pre
+        total = None
+        for reader in adapter.residual_readers(layer):
+            norm = pre[-1] if (reader is gate or reader is up) else pre[0]
+            sq = _column_sq_norms(reader.weight) * _norm_scale(norm, offset).to(reader.weight.device).square()
+            total = sq if total is None else total + sq
+        norms[f"hidden.{i}"] = total.sqrt().cpu()
+    head = adapter.lm_head(model).weight
+    scale = _norm_scale(adapter.final_norm(model), offset).to(head.device)
+    norms[f"hidden.{len(layers)}"] = (_column_sq_norms(head) * scale.square()).sqrt().cpu()
+    return norms
+
+
+def magnitude_scores(norms: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
+    """Data-free scores (method=magnitude): the weight norms alone, aggregated to groups like `group_scores`."""
+    return _aggregate({point: norms[point].float().cpu() for point in sorted(norms, key=_index)}, target)
+
+
+def magnitude_masks(model, adapter, target: str, sparsity: float, *, scope: str = "layer",
+                    min_keep: float = DEFAULT_MIN_KEEP, multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    scores = magnitude_scores(weight_norms(model, adapter, target), target)
+    return build_masks({"magnitude": scores}, sparsity=sparsity, target=target, scope=scope,
+                       min_keep=min_keep, multiple_of=multiple_of)[0]
+
+
+# -------------------------------------------------------------------------------------------- today's helpers
 
 def kept_count(width: int, sparsity: float) -> int:
     removed = math.floor(sparsity * width + 0.5)
@@ -74,41 +210,265 @@ def rank(votes: torch.Tensor, mean_score: torch.Tensor) -> torch.Tensor:
     return by_score[by_votes]
 
 
-def required_votes(n_tasks: int, threshold: float | None) -> int:
+def required_votes(n_tasks: int, threshold: float | None, method: str = "majority") -> int:
+    if method == "union":
+        return 1
+    if method == "intersection":
+        return n_tasks
     if threshold is None:
         return n_tasks // 2 + 1
     return max(1, math.ceil(threshold * n_tasks - 1e-9))
 
 
+def _check_choice(key: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise DietError(f"{key}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
+def _no_votes_error(method: str, threshold, where: str, need: int, n_tasks: int, most: int) -> DietError:
+    if method == "majority":
+        return DietError(f"vote.threshold: {threshold} keeps no dimension of {where} (needs {need} of {n_tasks} "
+                         f"task votes; the most any dimension got is {most}); allowed: a lower threshold or "
+                         "vote.exact_budget=true")
+    return DietError(f"vote.method: {method!r} keeps no dimension of {where} (needs {need} of {n_tasks} task votes; "
+                     f"the most any dimension got is {most}); allowed: majority, union, mean_score, or "
+                     "vote.exact_budget=true")
+
+
+def mean_normalised_scores(per_task_scores: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per group, the mean over tasks (sorted) of the normalised task scores: the merge's secondary key."""
+    tasks = sorted(per_task_scores)
+    return {group: torch.stack([normalise(per_task_scores[t][group]) for t in tasks]).mean(dim=0)
+            for group in _sorted_groups(per_task_scores[tasks[0]])}
+
+
 def merge(per_task_masks: dict[str, dict[str, torch.Tensor]], per_task_scores: dict[str, dict[str, torch.Tensor]],
-          sparsity: float, threshold: float | None = None, exact_budget: bool = True
+          sparsity: float, threshold: float | None = None, exact_budget: bool = True, method: str = "majority"
           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Merge per-task masks by vote. Returns (mask per group, vote count per group)."""
+    """Merge per-task masks group by group (scope=layer, no min_keep / multiple_of; see `build_masks` for those).
+    Returns (mask per group, vote count per group)."""
+    _check_choice("vote.method", method, VOTE_METHODS)
     tasks = sorted(per_task_masks)
-    need = required_votes(len(tasks), threshold)
+    need = required_votes(len(tasks), threshold, method)
     masks, votes_by_group = {}, {}
     for group in per_task_masks[tasks[0]]:
         votes = torch.stack([per_task_masks[t][group] for t in tasks]).sum(dim=0)
         voted = votes >= need
-        if exact_budget:
+        if method == "mean_score" or exact_budget:
             mean_score = torch.stack([normalise(per_task_scores[t][group]) for t in tasks]).mean(dim=0)
             keep = kept_count(votes.numel(), sparsity)
-            mask = torch.zeros_like(voted)
-            mask[rank(votes, mean_score)[:keep]] = True
+            if method == "mean_score":
+                mask = top_k_mask(mean_score, keep)
+            else:
+                mask = torch.zeros_like(voted)
+                mask[rank(votes, mean_score)[:keep]] = True
         else:
             if not voted.any():
-                raise DietError(f"vote.threshold: {threshold} keeps no dimension of {group} "
-                                f"(needs {need} of {len(tasks)} task votes; the most any dimension got is "
-                                f"{int(votes.max())}); allowed: a lower threshold or vote.exact_budget=true")
+                raise _no_votes_error(method, threshold, group, need, len(tasks), int(votes.max()))
             mask = voted
         masks[group], votes_by_group[group] = mask, votes
     return masks, votes_by_group
 
 
-def random_masks(widths: dict[str, int], sparsity: float, seed: int) -> dict[str, torch.Tensor]:
+# ------------------------------------------------------------------------------------ budget, scope, rounding
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Budget:
+    """Allowed and kept widths per group for one (widths, sparsity, scope, min_keep, multiple_of); see the module
+    docstring. Allowed widths of a group of width w: the multiples of multiple_of in [multiple_of, w], and w."""
+
+    def __init__(self, widths: dict[str, int], sparsity: float, scope: str, min_keep: float, multiple_of: int):
+        _check_choice("prune.scope", scope, SCOPES)
+        if not (_is_number(min_keep) and 0 <= min_keep <= 1):
+            raise DietError(f"prune.min_keep: {min_keep!r} is not allowed; allowed: a fraction in [0, 1] of each "
+                            "layer's width")
+        if not (_is_int(multiple_of) and multiple_of >= 1):
+            raise DietError(f"prune.multiple_of: {multiple_of!r} is not allowed; allowed: an integer >= 1")
+        self.groups = _sorted_groups(widths)
+        self.widths = {g: int(widths[g]) for g in self.groups}
+        self.sparsity, self.scope, self.min_keep, self.m = sparsity, scope, min_keep, multiple_of
+        self.lo = {g: self._min_width(g, min_keep) for g in self.groups}
+        if scope == "layer":
+            self.layer_widths = {g: self._nearest(g, kept_count(w, sparsity), self._min_width(g, 0.0))
+                                 for g, w in self.widths.items()}
+            self.total = sum(self.layer_widths.values())
+        else:
+            self.total = kept_count(sum(self.widths.values()), sparsity)
+        self._check_feasible()
+
+    # allowed widths
+    def _floor(self, g: str, c: int) -> int:
+        """Largest allowed width <= c (0 when there is none)."""
+        w = self.widths[g]
+        return w if c >= w else (c // self.m) * self.m
+
+    def _ceil(self, g: str, c: int) -> int:
+        """Smallest allowed width >= c (c <= width)."""
+        return min(self.widths[g], -(-max(c, 1) // self.m) * self.m)
+
+    def _nearest(self, g: str, c: int, lo: int) -> int:
+        """Allowed width nearest to max(c, lo), never below lo (an allowed width); ties to the smaller."""
+        c = max(c, lo)
+        down, up = max(self._floor(g, c), lo), self._ceil(g, c)
+        return down if c - down <= up - c else up
+
+    def _min_width(self, g: str, fraction: float) -> int:
+        return self._ceil(g, max(1, math.ceil(fraction * self.widths[g] - _EPS)))
+
+    # feasibility of min_keep
+    def _feasible(self, fraction: float) -> bool:
+        if self.scope == "layer":
+            return all(self._min_width(g, fraction) <= self.layer_widths[g] for g in self.groups)
+        return sum(self._min_width(g, fraction) for g in self.groups) <= self.total
+
+    def _largest_min_keep(self) -> float:
+        """The largest feasible min_keep (it is one of the breakpoints a / width_g, a an allowed width)."""
+        if self.scope == "layer":
+            return min(1.0 if k == self.widths[g] else k / self.widths[g] for g, k in self.layer_widths.items())
+        candidates = sorted({a / w for w in set(self.widths.values())
+                             for a in list(range(self.m, w + 1, self.m)) + [w]})
+        low, high = 0, len(candidates) - 1  # candidates[0] is always feasible when min_keep=0 is
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self._feasible(candidates[mid]) else (low, mid - 1)
+        return candidates[low]
+
+    def _check_feasible(self) -> None:
+        if self._feasible(self.min_keep):
+            return
+        where = f"prune.scope={self.scope}, prune.multiple_of={self.m} and sparsity {self.sparsity}"
+        if self.scope == "layer":
+            g = next(g for g in self.groups if self.lo[g] > self.layer_widths[g])
+            need = (f"it needs {self.lo[g]} of the {self.widths[g]} dimensions of {g}, which keeps "
+                    f"{self.layer_widths[g]}")
+        else:
+            need = (f"it reserves {sum(self.lo.values())} dimensions over {len(self.groups)} groups, the budget "
+                    f"keeps {self.total}")
+        if not self._feasible(0.0):
+            raise DietError(f"prune.multiple_of: {self.m} is not allowed with prune.scope={self.scope} and sparsity "
+                            f"{self.sparsity}: one multiple per group "
+                            f"({sum(self._min_width(g, 0.0) for g in self.groups)}) exceeds the budget of "
+                            f"{self.total}; allowed: a smaller multiple_of or sparsity")
+        largest = math.floor(self._largest_min_keep() * 1e4 + 1e-6) / 1e4
+        raise DietError(f"prune.min_keep: {self.min_keep} is not allowed with {where}: {need}; "
+                        f"allowed: a fraction in [0, {largest:g}]")
+
+    # widths
+    def round_to_total(self, counts: dict[str, int]) -> dict[str, int]:
+        """Global scope: counts (each >= lo, summing to the budget) to allowed widths, largest remainder first."""
+        widths = {g: max(self._floor(g, c), self.lo[g]) for g, c in counts.items()}
+        total = sum(widths.values())
+        steps = {g: self._ceil(g, counts[g]) - widths[g] for g in self.groups}
+        order = sorted((g for g in self.groups if steps[g] > 0),
+                       key=lambda g: (-Fraction(counts[g] - widths[g], steps[g]), self.groups.index(g)))
+        for g in order:
+            if abs(total + steps[g] - self.total) < abs(total - self.total):
+                widths[g] += steps[g]
+                total += steps[g]
+        return widths
+
+    def voted_widths(self, counts: dict[str, int]) -> dict[str, int]:
+        """exact_budget=false: each group's voted count, raised to lo and rounded to the nearest allowed width."""
+        return {g: self._nearest(g, counts[g], self.lo[g]) for g in self.groups}
+
+
+def _order(primary: torch.Tensor, secondary: torch.Tensor | None) -> torch.Tensor:
+    """Indices best first: primary desc, then secondary desc, then index asc."""
+    if secondary is None:
+        return torch.sort(primary, descending=True, stable=True).indices
+    return rank(primary, secondary)
+
+
+def _positions(order: torch.Tensor) -> torch.Tensor:
+    positions = torch.empty_like(order)
+    positions[order] = torch.arange(order.numel())
+    return positions
+
+
+def _select(budget: _Budget, primary: dict[str, torch.Tensor], secondary: dict[str, torch.Tensor] | None,
+            widths: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Keep, in each group, the top of the ranking restricted to it: `widths` when given, else the exact budget
+    (layer: the layer widths; global: lo reserved, the rest from the global ranking, rounded to allowed widths)."""
+    groups = budget.groups
+    within = {g: _positions(_order(primary[g], None if secondary is None else secondary[g])) for g in groups}
+    if widths is None and budget.scope == "layer":
+        widths = budget.layer_widths
+    if widths is None:
+        order = _order(torch.cat([primary[g] for g in groups]),
+                       None if secondary is None else torch.cat([secondary[g] for g in groups]))
+        group_id = torch.repeat_interleave(torch.arange(len(groups)),
+                                           torch.tensor([budget.widths[g] for g in groups]))
+        reserved = torch.cat([within[g] < budget.lo[g] for g in groups])
+        rest = order[~reserved[order]][: budget.total - sum(budget.lo.values())]
+        extra = torch.bincount(group_id[rest], minlength=len(groups)).tolist()
+        widths = budget.round_to_total({g: budget.lo[g] + extra[i] for i, g in enumerate(groups)})
+    return {g: within[g] < widths[g] for g in groups}
+
+
+def build_masks(per_task_scores: dict[str, dict[str, torch.Tensor]], *, sparsity: float, target: str = "mlp",
+                scope: str = "layer", vote_method: str = "majority", threshold: float | None = None,
+                exact_budget: bool = True, min_keep: float = DEFAULT_MIN_KEEP, multiple_of: int = 1
+                ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Per-task masks and their merge under one scope / min_keep / multiple_of rule (see the module docstring).
+
+    per_task_scores: {task: {group: raw score, a cpu tensor}} (e.g. `group_scores` per task; one entry for
+    generic, magnitude or random). Returns (final masks, per-task masks {task: {group: mask}}, votes {group:
+    int64 counts}), groups in layer order, tasks sorted. Each per-task mask is the mask that task alone would get
+    (method=per_task evaluates each with its own). With a single task the final mask is that task's mask. With
+    scope=layer, multiple_of=1, method=majority and min_keep met by every group, this is exactly `task_masks` +
+    `merge`. `target` is only checked.
+    """
+    _check_choice("vote.method", vote_method, VOTE_METHODS)
+    _check_choice("prune.target", target, TARGETS)
+    if not per_task_scores:
+        raise ValueError("build_masks needs the scores of at least one task")
+    tasks = sorted(per_task_scores)
+    groups = _sorted_groups(per_task_scores[tasks[0]])
+    widths = {g: per_task_scores[tasks[0]][g].numel() for g in groups}
+    for t in tasks:
+        found = {g: s.numel() for g, s in per_task_scores[t].items()}
+        if found != widths:
+            raise ValueError(f"scores of task {t!r} have groups/widths {found}; task {tasks[0]!r} has {widths}")
+    budget = _Budget(widths, sparsity, scope, min_keep, multiple_of)
+
+    def task_primary(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # layer scope ranks raw scores (bit-identical to `task_masks`); global needs them comparable across groups
+        return {g: (scores[g] if scope == "layer" else normalise(scores[g])) for g in groups}
+
+    per_task = {t: _select(budget, task_primary(per_task_scores[t]), None) for t in tasks}
+    votes = {g: torch.stack([per_task[t][g] for t in tasks]).sum(dim=0) for g in groups}
+    if len(tasks) == 1:
+        return dict(per_task[tasks[0]]), per_task, votes
+    mean = mean_normalised_scores(per_task_scores)
+    if vote_method == "mean_score":
+        return _select(budget, mean, None), per_task, votes
+    if exact_budget:
+        return _select(budget, votes, mean), per_task, votes
+    need = required_votes(len(tasks), threshold, vote_method)
+    counts = {g: int((votes[g] >= need).sum()) for g in groups}
+    empty = [g for g in groups if counts[g] == 0] if scope == "layer" else \
+        ([] if any(counts.values()) else ["any group"])
+    if empty:
+        most = int(votes[empty[0]].max()) if scope == "layer" else max(int(v.max()) for v in votes.values())
+        raise _no_votes_error(vote_method, threshold, empty[0], need, len(tasks), most)
+    return _select(budget, votes, mean, budget.voted_widths(counts)), per_task, votes
+
+
+def random_masks(widths: dict[str, int], sparsity: float, seed: int, *, scope: str = "layer",
+                 min_keep: float = DEFAULT_MIN_KEEP, multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Seeded uniform scores (drawn group by group in layer order) through the same budget rules."""
     generator = torch.Generator().manual_seed(seed)
-    return {group: top_k_mask(torch.rand(width, generator=generator), kept_count(width, sparsity))
-            for group, width in widths.items()}
+    scores = {g: torch.rand(widths[g], generator=generator) for g in _sorted_groups(widths)}
+    target = "hidden" if list(scores) == ["hidden"] else "mlp"
+    return build_masks({"random": scores}, sparsity=sparsity, target=target, scope=scope, min_keep=min_keep,
+                       multiple_of=multiple_of)[0]
 
 
 def achieved_sparsity(masks: dict[str, torch.Tensor]) -> float:
