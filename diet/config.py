@@ -7,12 +7,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from diet import DietError
-from diet.vote import SCORINGS
+from diet.vote import SCOPES, SCORINGS, VOTE_METHODS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-METHODS = ("diet", "random", "generic")
+METHODS = ("diet", "random", "generic", "magnitude", "per_task")
 TARGETS = ("mlp", "hidden")
-SCOPES = ("layer",)
 CALIB_SOURCES = ("task", "generic")
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -46,6 +45,13 @@ def validate(cfg: DictConfig) -> None:
              "a fraction in (0, 1], or null for a strict majority")
     _require(cfg.prune.target in TARGETS, "prune.target", cfg.prune.target, ", ".join(TARGETS))
     _require(cfg.prune.scope in SCOPES, "prune.scope", cfg.prune.scope, ", ".join(SCOPES))
+    _require(cfg.vote.method in VOTE_METHODS, "vote.method", cfg.vote.method, ", ".join(VOTE_METHODS))
+    _require(_is_number(cfg.prune.min_keep) and 0 <= cfg.prune.min_keep <= 1, "prune.min_keep", cfg.prune.min_keep,
+             "a fraction in [0, 1] of each layer's width")
+    _require(_is_int(cfg.prune.multiple_of) and cfg.prune.multiple_of >= 1, "prune.multiple_of",
+             cfg.prune.multiple_of, "an integer >= 1")
+    _require(not (cfg.prune.save and cfg.method.name == "per_task"), "prune.save", cfg.prune.save,
+             "false with method=per_task (it builds one model per task)")
     _require(cfg.scoring.name in SCORINGS, "scoring", cfg.scoring.name, ", ".join(SCORINGS))
     _require(cfg.method.name in METHODS, "method", cfg.method.name, ", ".join(METHODS))
     names = list(cfg.tasks.names or [])

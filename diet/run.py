@@ -1,6 +1,7 @@
 """python -m diet.run: profile -> vote -> prune -> eval, composed from the stage functions; nothing else lives here."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -80,24 +81,28 @@ def profile_stage(cfg, loaded, calib_sets: dict[str, calibration.CalibrationSet]
     return stats, status
 
 
-def vote_stage(cfg, stats: dict, group_widths: dict[str, int]):
+def vote_stage(cfg, loaded, stats: dict, group_widths: dict[str, int]):
     """(final masks, per-task masks, vote counts per group, mean normalised score per group or None)."""
+    target = cfg.prune.target
+    rules = dict(scope=cfg.prune.scope, min_keep=cfg.prune.min_keep, multiple_of=cfg.prune.multiple_of)
     if cfg.method.name == "random":
-        return vote.random_masks(group_widths, cfg.sparsity, cfg.seed), {}, {}, None
-    scores = {name: vote.group_scores(s, cfg.scoring.name, cfg.prune.target) for name, s in stats.items()}
+        return vote.random_masks(group_widths, cfg.sparsity, cfg.seed, **rules), {}, {}, None
+    if cfg.method.name == "magnitude":
+        scores = {"magnitude": vote.magnitude_scores(vote.weight_norms(loaded.model, loaded.adapter, target), target)}
+    else:
+        norms = vote.weight_norms(loaded.model, loaded.adapter, target) if cfg.scoring.name == "wanda" else None
+        scores = {name: vote.group_scores(s, cfg.scoring.name, target, norms) for name, s in stats.items()}
     for name, task_scores in scores.items():
         for group, score in task_scores.items():
             if score.numel() != group_widths[group]:
                 raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
                                 f"has {group_widths[group]}; delete the stale cache under cache_dir")
-    mean_scores = {group: torch.stack([vote.normalise(s[group]) for s in scores.values()]).mean(dim=0)
-                   for group in group_widths}
-    per_task = {name: vote.task_masks(s, cfg.sparsity) for name, s in scores.items()}
-    if len(per_task) == 1:
-        (only,) = per_task.values()
-        return dict(only), {}, {}, mean_scores
-    masks, votes = vote.merge(per_task, scores, cfg.sparsity, cfg.vote.threshold, cfg.vote.exact_budget)
-    return masks, per_task, votes, mean_scores
+    masks, per_task, votes = vote.build_masks(
+        scores, sparsity=cfg.sparsity, target=target, vote_method=cfg.vote.method, threshold=cfg.vote.threshold,
+        exact_budget=cfg.vote.exact_budget, **rules)
+    if len(scores) == 1:  # generic / magnitude: one ranking, nothing voted
+        per_task, votes = {}, {}
+    return masks, per_task, votes, vote.mean_normalised_scores(scores)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -119,7 +124,7 @@ def run(cfg: DictConfig) -> dict:
                                        data_dir=str(cache_dir / "data"))
     pooled = cfg.method.name == "generic" or cfg.calib.source == "generic"
     calib_sets: dict[str, calibration.CalibrationSet] = {}
-    if cfg.method.name != "random":
+    if cfg.method.name not in ("random", "magnitude"):
         if pooled:
             calib_sets["generic"] = calibration.generic_calibration_set(
                 {n: task_objects[n] for n in profile_names}, cfg.calib.n_samples, cfg.seed, cfg.calib.include_target)
@@ -138,7 +143,7 @@ def run(cfg: DictConfig) -> dict:
 
     recorder.status("running", stage="vote")
     t = time.perf_counter()
-    masks, per_task_masks, votes, mean_scores = vote_stage(cfg, stats, group_widths)
+    masks, per_task_masks, votes, mean_scores = vote_stage(cfg, loaded, stats, group_widths)
     achieved = vote.achieved_sparsity(masks)
     timings["vote"] = time.perf_counter() - t
     log.info("vote: %s, achieved sparsity %.4f (requested %.4f)", cfg.method.name, achieved, cfg.sparsity)
@@ -162,25 +167,29 @@ def run(cfg: DictConfig) -> dict:
         dense_metrics = dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir, held_out)
         timings["dense_eval"] = time.perf_counter() - t
 
-    recorder.status("running", stage="prune")
-    t = time.perf_counter()
     dense_params = prune.count_params(loaded.model)
-    prune.prune_model(loaded.model, loaded.adapter, masks, cfg.prune.target)
-    pruned_params = prune.count_params(loaded.model)
-    if cfg.prune.save:
-        prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
-    timings["prune"] = time.perf_counter() - t
-    log.info("prune: %d -> %d parameters (%.3f) in %.2f s", dense_params, pruned_params,
-             pruned_params / dense_params, timings["prune"])
+    if cfg.method.name == "per_task":
+        metrics, pruned_params = per_task_eval(cfg, loaded, per_task_masks, task_objects, eval_names, eval_kwargs,
+                                               timings)
+    else:
+        recorder.status("running", stage="prune")
+        t = time.perf_counter()
+        prune.prune_model(loaded.model, loaded.adapter, masks, cfg.prune.target)
+        pruned_params = prune.count_params(loaded.model)
+        if cfg.prune.save:
+            prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
+        timings["prune"] = time.perf_counter() - t
+        log.info("prune: %d -> %d parameters (%.3f) in %.2f s", dense_params, pruned_params,
+                 pruned_params / dense_params, timings["prune"])
 
-    recorder.status("running", stage="eval")
-    t = time.perf_counter()
-    evaluated = evaluate.evaluate(loaded.model, loaded.tokenizer, eval_tasks, log_samples=cfg.eval.log_samples,
-                                  **eval_kwargs)
-    metrics = evaluated["metrics"]
-    if cfg.eval.log_samples:
-        recorder.json("eval_samples.json", evaluated["samples"])
-    timings["eval"] = time.perf_counter() - t
+        recorder.status("running", stage="eval")
+        t = time.perf_counter()
+        evaluated = evaluate.evaluate(loaded.model, loaded.tokenizer, eval_tasks, log_samples=cfg.eval.log_samples,
+                                      **eval_kwargs)
+        metrics = evaluated["metrics"]
+        if cfg.eval.log_samples:
+            recorder.json("eval_samples.json", evaluated["samples"])
+        timings["eval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
 
     import lm_eval
@@ -219,6 +228,28 @@ def run(cfg: DictConfig) -> dict:
         name=hydra_cfg.job.override_dirname or cfg.model.name,
         group=Path(hydra_cfg.sweep.dir).name if is_multirun else None)
     return results
+
+
+def per_task_eval(cfg, loaded, per_task_masks, task_objects, eval_names, eval_kwargs, timings):
+    """The task-aware upper reference: each task evaluated on a copy of the model pruned with its own mask."""
+    missing = [t for t in eval_names if t not in per_task_masks]
+    if missing:
+        raise DietError(f"eval.tasks: {missing} have no mask of their own with method=per_task; allowed: tasks that "
+                        f"are also in tasks.names ({', '.join(per_task_masks)})")
+    metrics, params = {}, {}
+    timings["prune"] = timings["eval"] = 0.0
+    for task in eval_names:
+        t = time.perf_counter()
+        model = copy.deepcopy(loaded.model)
+        prune.prune_model(model, loaded.adapter, per_task_masks[task], cfg.prune.target)
+        params[task] = prune.count_params(model)
+        timings["prune"] += time.perf_counter() - t
+        t = time.perf_counter()
+        metrics.update(evaluate.evaluate(model, loaded.tokenizer, [task_objects[task]], **eval_kwargs)["metrics"])
+        timings["eval"] += time.perf_counter() - t
+        del model
+    log.info("per_task: pruned parameters per task %s", params)
+    return metrics, max(params.values())
 
 
 def dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir: Path, held_out: dict[str, list[int]]) -> dict:

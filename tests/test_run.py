@@ -138,3 +138,29 @@ def test_leave_one_out_evaluates_outside_the_mix_and_dense_eval_is_cached(tmp_pa
     assert a["dense_metrics"] == b["dense_metrics"] and "dense_eval" in a["timings_s"]
     samples = json.loads((tmp_path / "a" / "eval_samples.json").read_text())
     assert list(samples) == ["demo_sums"] and len(samples["demo_sums"]) == 8  # eval.limit documents
+
+
+def test_global_scope_gives_per_layer_widths_that_load_back(tmp_path):
+    from diet.prune import count_params, load_pruned
+
+    proc = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=none", "prune.scope=global", "prune.multiple_of=8",
+                    "scoring=wanda", "sparsity=0.3", "prune.save=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    masks = load_file(tmp_path / "run" / "mask.safetensors")
+    kept = [int(masks[f"mlp.{i}"].sum()) for i in (0, 1)]
+    assert all(k % 8 == 0 and k >= 16 for k in kept) and abs(sum(kept) - 0.7 * 256) <= 4
+    model, _ = load_pruned(tmp_path / "run" / "pruned_model")
+    assert [layer.mlp.down_proj.in_features for layer in model.model.layers] == kept
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert count_params(model) == results["params"]["pruned"]
+
+
+def test_per_task_method_evaluates_each_task_with_its_own_mask(tmp_path):
+    proc = diet_run(tmp_path, "model=tiny_llama", *QUICK, "logger=none", "method=per_task",
+                    "tasks.names=[demo_capitals,demo_sums]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    masks = load_file(tmp_path / "run" / "mask.safetensors")
+    assert set(results["metrics"]) == {"demo_capitals", "demo_sums"}
+    assert not torch.equal(masks["task.demo_capitals.mlp.0"], masks["task.demo_sums.mlp.0"])
+    assert int(masks["task.demo_sums.mlp.1"].sum()) == 128 - 26
