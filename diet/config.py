@@ -1,6 +1,7 @@
 """Validation of the composed Hydra config: every user mistake becomes one DietError line (key, value, allowed)."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +31,11 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
         raise DietError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
 
 
+STAGES = ("all", "profile")
+
+
 def validate(cfg: DictConfig) -> None:
+    _require(cfg.stage in STAGES, "stage", cfg.stage, ", ".join(STAGES))
     _require(_is_number(cfg.sparsity) and 0 <= cfg.sparsity < 1, "sparsity", cfg.sparsity, "a number in [0, 1)")
     _require(_is_int(cfg.seed), "seed", cfg.seed, "an integer")
     _require(_is_int(cfg.calib.n_samples) and cfg.calib.n_samples >= 1, "calib.n_samples", cfg.calib.n_samples,
@@ -88,6 +93,14 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         for value in values.split(","):
             if value not in choices:
                 raise DietError(f"{group}: unknown choice '{value}'; allowed: {', '.join(choices)}")
+
+
+def check_launcher(argv: list[str]) -> None:
+    """submitit_slurm composes anywhere but fails at launch off a cluster with a stack trace; say it in one line."""
+    multirun = "-m" in argv or "--multirun" in argv
+    if multirun and "hydra/launcher=slurm" in argv and shutil.which("srun") is None:
+        raise DietError("hydra/launcher: 'slurm' needs SLURM's srun, which is not on PATH (this is not a cluster "
+                        "node); allowed here: hydra/launcher=local (submitit subprocesses) or the default basic launcher")
 
 
 def exit_on_error(err: DietError) -> None:

@@ -140,6 +140,10 @@ def run(cfg: DictConfig) -> dict:
     t = time.perf_counter()
     stats, cache_status = profile_stage(cfg, loaded, calib_sets, cache_dir)
     timings["profile"] = time.perf_counter() - t
+    if cfg.stage == "profile":
+        recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
+        log.info("stage=profile: the profile cache is filled; nothing else runs")
+        return {"profile_cache": cache_status}
 
     recorder.status("running", stage="vote")
     t = time.perf_counter()
@@ -300,6 +304,7 @@ def _hydra_main(cfg: DictConfig):
 def main() -> None:
     try:
         config.check_group_choices(sys.argv[1:])
+        config.check_launcher(sys.argv[1:])
     except DietError as err:
         config.exit_on_error(err)
     _hydra_main()

@@ -1,0 +1,64 @@
+"""Sweeps as users launch them: submitit's local launcher, the slurm launcher off a cluster, resume after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from test_run import QUICK, diet_run
+
+
+def test_submitit_local_multirun_runs_every_job(tmp_path):
+    proc = diet_run(tmp_path, "hydra/launcher=local", "model=tiny_gemma2", *QUICK, "logger=none",
+                    "sparsity=0.1,0.3", run_dir="sweep", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / "sweep" / str(i) / "results.json").read_text()) for i in (0, 1)]
+    assert [r["sparsity"]["requested"] for r in results] == [0.1, 0.3]
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # the jobs really went through submitit
+
+
+def test_slurm_off_a_cluster_is_one_clear_line(tmp_path):
+    proc = diet_run(tmp_path, "hydra/launcher=slurm", "model=tiny_gemma2", "sparsity=0.1,0.2", run_dir="sweep",
+                    multirun=True)
+    assert proc.returncode == 2
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line.startswith("diet: error: hydra/launcher: 'slurm' needs SLURM's srun, which is not on PATH")
+
+
+def test_profile_stage_only_fills_the_cache(tmp_path):
+    first = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=none", "stage=profile", run_dir="p")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (tmp_path / "p" / "results.json").exists() and not (tmp_path / "p" / "mask.safetensors").exists()
+    status = json.loads((tmp_path / "p" / "status.json").read_text())
+    assert status["state"] == "done" and set(status["profile_cache"].values()) == {"miss"}
+    second = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=none", run_dir="full")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert set(json.loads((tmp_path / "full" / "results.json").read_text())["profile_cache"].values()) == {"hit"}
+
+
+def test_job_killed_after_profiling_resumes_from_the_cache(tmp_path):
+    args = [sys.executable, "-m", "diet.run", "model=tiny_gemma2", *QUICK, "logger=none", "eval.dense=true",
+            "eval.limit=40", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    status_file = tmp_path / "run" / "status.json"
+    deadline = time.time() + 120
+    stage = None
+    while time.time() < deadline and job.poll() is None:
+        try:
+            stage = json.loads(status_file.read_text()).get("stage")
+        except (FileNotFoundError, json.JSONDecodeError):
+            stage = None
+        if stage in ("vote", "dense_eval", "prune", "eval"):
+            os.killpg(job.pid, signal.SIGKILL)  # what a preempted SLURM job looks like to the file system
+            break
+        time.sleep(0.02)
+    job.wait()
+    assert stage in ("vote", "dense_eval", "prune", "eval"), f"job ended before it could be killed (stage {stage})"
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert json.loads(status_file.read_text())["state"] == "running"  # no result that looks valid
+
+    rerun = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=none", "eval.dense=true", "eval.limit=40")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["profile_cache"].values()) == {"hit"}
