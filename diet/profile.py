@@ -88,6 +88,25 @@ def _decoder(model):
     return model.get_decoder() if hasattr(model, "get_decoder") else model.model
 
 
+def input_device(model, adapter) -> torch.device:
+    """Where input ids must go: the embedding's execution device (accelerate hooks and device maps included)."""
+    embedding = adapter.embedding(model)
+    hook = getattr(embedding, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    return embedding.weight.device
+
+
+def _register(model, adapter, target: str, batch_state: dict):
+    accumulators = {name: _Accumulator(batch_state) for name in hook_points(model, adapter, target)}
+    handles = [
+        module.register_forward_pre_hook(
+            lambda _m, args, kwargs, acc=accumulators[name]: acc(_first_input(args, kwargs)), with_kwargs=True)
+        for name, module in hook_points(model, adapter, target).items()
+    ]
+    return accumulators, handles
+
+
 @torch.inference_mode()
 def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str, *, desc: str = "profile"
             ) -> dict[str, dict[str, torch.Tensor]]:
@@ -98,13 +117,8 @@ def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str,
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}")
     batch_state: dict = {}
-    accumulators = {name: _Accumulator(batch_state) for name in hook_points(model, adapter, target)}
-    handles = [
-        module.register_forward_pre_hook(
-            lambda _m, args, kwargs, acc=accumulators[name]: acc(_first_input(args, kwargs)), with_kwargs=True)
-        for name, module in hook_points(model, adapter, target).items()
-    ]
-    device = next(model.parameters()).device
+    accumulators, handles = _register(model, adapter, target, batch_state)
+    device = input_device(model, adapter)
     decoder = _decoder(model)
     try:
         for batch in tqdm(batches, desc=desc, leave=False, disable=None):
@@ -118,11 +132,92 @@ def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str,
     return {name: acc.sums for name, acc in accumulators.items() if acc.sums is not None}
 
 
+class _LayerInputs(torch.nn.Module):
+    """Stands in for a decoder layer during the capture pass: records the call and returns its input unchanged."""
+
+    def __init__(self, calls: list):
+        super().__init__()
+        self.calls = calls
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.calls.append((hidden_states, args, kwargs))
+        return hidden_states
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+@torch.inference_mode()
+def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], target: str, device: torch.device,
+                      *, desc: str = "profile") -> dict[str, dict[str, torch.Tensor]]:
+    """The statistics of `collect`, computed one decoder layer at a time for a model kept in CPU memory.
+
+    A capture pass runs the embedding with every layer replaced by a recorder, which yields each layer's call
+    arguments as the model itself builds them (attention masks per layer type, rotary embeddings), whatever the
+    family. Then each layer in turn moves to `device`, takes every batch's hidden states, and moves back, so only
+    one layer's weights (plus the hidden states of one batch) are on the GPU at any time: a 70B model profiles on
+    one GPU. The hidden states of all batches wait in CPU memory between layers.
+    """
+    decoder = _decoder(model)
+    layers = decoder.layers
+    calls: list[list] = [[] for _ in layers]
+    originals = list(layers)
+    original_norm = decoder.norm
+    try:
+        for i in range(len(layers)):
+            layers[i] = _LayerInputs(calls[i])
+        decoder.norm = torch.nn.Identity()
+        for batch in batches:
+            decoder(input_ids=batch["input_ids"].to(input_device(model, adapter)),
+                    attention_mask=batch["attention_mask"].to(input_device(model, adapter)), use_cache=False)
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+        decoder.norm = original_norm
+
+    batch_state: dict = {}
+    accumulators, handles = _register(model, adapter, target, batch_state)
+    storage = calls[0][0][0].device
+    hidden = [call[0] for call in calls[0]]
+    weights = [b["attention_mask"].reshape(-1).float().to(device) for b in batches]
+    try:
+        for i, layer in enumerate(tqdm(originals, desc=desc, leave=False, disable=None)):
+            home = next(layer.parameters()).device
+            layer.to(device)
+            for b, (_, args, kwargs) in enumerate(calls[i]):
+                batch_state["weights"] = weights[b]
+                hidden[b] = layer(hidden[b].to(device), *_to(args, device), **_to(kwargs, device)).to(storage)
+            layer.to(home)
+        if target == "hidden":
+            home = next(original_norm.parameters()).device
+            original_norm.to(device)
+            for b, h in enumerate(hidden):
+                batch_state["weights"] = weights[b]
+                original_norm(h.to(device))
+            original_norm.to(home)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: acc.sums for name, acc in accumulators.items() if acc.sums is not None}
+
+
 def profile_texts(model, adapter, tokenizer, texts: list[str], target: str, *, max_length: int, batch_size: int,
-                  desc: str = "profile") -> dict[str, dict[str, torch.Tensor]]:
+                  desc: str = "profile", layerwise_device: torch.device | None = None
+                  ) -> dict[str, dict[str, torch.Tensor]]:
+    """Tokenise and profile; with `layerwise_device`, one layer at a time on that device (`collect_layerwise`)."""
     started = time.perf_counter()
     batches = tokenize(tokenizer, texts, max_length, batch_size)
-    stats = collect(model, adapter, batches, target, desc=desc)
+    if layerwise_device is not None:
+        stats = collect_layerwise(model, adapter, batches, target, layerwise_device, desc=desc)
+    else:
+        stats = collect(model, adapter, batches, target, desc=desc)
     tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
     log.info("%s: %d texts, %d tokens in %.2f s", desc, len(texts), tokens, time.perf_counter() - started)
     return stats

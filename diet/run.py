@@ -73,7 +73,8 @@ def profile_stage(cfg, loaded, calib_sets: dict[str, calibration.CalibrationSet]
         if flat is None:
             task_stats = profile.profile_texts(
                 loaded.model, loaded.adapter, loaded.tokenizer, calib_set.texts, cfg.prune.target,
-                max_length=cfg.calib.max_length, batch_size=cfg.calib.batch_size, desc=f"profile {name}")
+                max_length=cfg.calib.max_length, batch_size=cfg.calib.batch_size, desc=f"profile {name}",
+                layerwise_device=models.resolve_device(cfg.device) if cfg.model.get("offload") else None)
             flat = profile.flatten(task_stats)
             store.store_tensors(key, flat)
         log.info("profile cache: %s (%s)", status[name], name)

@@ -89,3 +89,38 @@ def test_flatten_round_trip():
     stats = {"mlp.0": {"sum_abs": torch.ones(3), "count": torch.tensor([2.0])}, "mlp.1": {"max_abs": torch.zeros(3)}}
     assert profile.unflatten(profile.flatten(stats)).keys() == stats.keys()
     assert torch.equal(profile.unflatten(profile.flatten(stats))["mlp.0"]["sum_abs"], torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["tiny_gemma2", "tiny_llama"])
+@pytest.mark.parametrize("target", ["mlp", "hidden"])
+def test_layerwise_offload_profile_equals_whole_model_profile(tiny_models, name, target):
+    """Gemma-2 alternates sliding-window and full attention masks: the capture pass must hand each layer its own."""
+    model, tokenizer = tiny_models[name]
+    adapter = get_adapter(model)
+    texts = TEXTS * 3 + ["word " * 90]  # longer than tiny_gemma2's sliding window of 64
+    whole = profile.profile_texts(model, adapter, tokenizer, texts, target, max_length=128, batch_size=4)
+    layerwise = profile.profile_texts(model, adapter, tokenizer, texts, target, max_length=128, batch_size=4,
+                                      layerwise_device=torch.device("cpu"))
+    assert sorted(whole) == sorted(layerwise)
+    for point in whole:
+        for stat in profile.STATS:
+            torch.testing.assert_close(layerwise[point][stat], whole[point][stat], rtol=1e-5, atol=1e-6)
+    assert all(type(layer).__name__.endswith("DecoderLayer") for layer in adapter.decoder_layers(model))
+
+
+def test_statistics_under_accelerate_offload_hooks_match(tiny_models):
+    """A dispatched model (weights on the meta device, moved in by accelerate's hooks) profiles the same."""
+    import copy
+
+    from accelerate import cpu_offload
+
+    model, tokenizer = tiny_models["tiny_llama"]
+    adapter = get_adapter(model)
+    plain = profile.profile_texts(model, adapter, tokenizer, TEXTS, "mlp", max_length=64, batch_size=2)
+    dispatched = cpu_offload(copy.deepcopy(model), execution_device=torch.device("cpu"))
+    assert next(dispatched.parameters()).device.type == "meta"
+    offloaded = profile.profile_texts(dispatched, get_adapter(dispatched), tokenizer, TEXTS, "mlp", max_length=64,
+                                      batch_size=2)
+    for point in plain:
+        for stat in profile.STATS:
+            torch.testing.assert_close(offloaded[point][stat], plain[point][stat], rtol=1e-5, atol=1e-6)

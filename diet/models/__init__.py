@@ -57,17 +57,20 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
             path = str(demo.checkpoint(cache_dir))
         else:
             path = model_cfg.name_or_path
-        model, tokenizer = _from_pretrained(path, model_cfg.revision, dtype)
+        device_map = model_cfg.get("device_map")
+        model, tokenizer = _from_pretrained(path, model_cfg.revision, dtype, device_map)
         fingerprint = _hash({"path": model_cfg.name_or_path, "revision": model_cfg.revision,
                              "commit": getattr(model.config, "_commit_hash", None),
                              "files": _local_weight_stamp(path), "dtype": model_cfg.dtype})
     adapter = get_adapter(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model.to(device).eval(), tokenizer, adapter, fingerprint)
+    if not (model_cfg.get("device_map") or model_cfg.get("offload")):
+        model = model.to(device)  # a device map places the model itself; offload keeps it in CPU memory
+    return LoadedModel(model.eval(), tokenizer, adapter, fingerprint)
 
 
-def _from_pretrained(path: str, revision, dtype):
+def _from_pretrained(path: str, revision, dtype, device_map=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_dir = os.path.isdir(path)
@@ -75,7 +78,7 @@ def _from_pretrained(path: str, revision, dtype):
     if looks_local and not (Path(path).expanduser() / "config.json").exists():
         raise DietError(f"model.name_or_path: '{path}' is not a Hugging Face checkpoint folder (no config.json there)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype, device_map=device_map)
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(err).lower() or "connect" in str(err).lower()
