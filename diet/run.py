@@ -5,6 +5,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -85,7 +86,12 @@ def profile_stage(cfg, loaded, calib_sets: dict[str, calibration.CalibrationSet]
 def vote_stage(cfg, loaded, stats: dict, group_widths: dict[str, int]):
     """(final masks, per-task masks, vote counts per group, mean normalised score per group or None)."""
     target = cfg.prune.target
-    rules = dict(scope=cfg.prune.scope, min_keep=cfg.prune.min_keep, multiple_of=cfg.prune.multiple_of)
+    multiple_of = cfg.prune.multiple_of
+    if target == "hidden":
+        # transformers refuses to save or load a config whose hidden_size is not a multiple of num_attention_heads
+        # (head_dim is explicit after pruning, so only that check needs it)
+        multiple_of = math.lcm(multiple_of, loaded.model.config.num_attention_heads)
+    rules = dict(scope=cfg.prune.scope, min_keep=cfg.prune.min_keep, multiple_of=multiple_of)
     if cfg.method.name == "random":
         return vote.random_masks(group_widths, cfg.sparsity, cfg.seed, **rules), {}, {}, None
     if cfg.method.name == "magnitude":

@@ -70,7 +70,7 @@ def test_same_config_gives_identical_mask_and_second_run_hits_profile_cache(tmp_
     masks = [load_file(tmp_path / d / "mask.safetensors") for d in ("a", "b")]
     assert masks[0].keys() == masks[1].keys() and all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
     assert set(a["profile_cache"].values()) == {"miss"} and set(b["profile_cache"].values()) == {"hit"}
-    assert a["params"]["pruned"] < a["params"]["dense"] and a["sparsity"]["achieved"] == pytest.approx(13 / 64)
+    assert a["params"]["pruned"] < a["params"]["dense"] and a["sparsity"]["achieved"] == pytest.approx(12 / 64)
     assert (tmp_path / "b" / "kept_by_score.png").stat().st_size > 2000
 
 
@@ -164,3 +164,28 @@ def test_per_task_method_evaluates_each_task_with_its_own_mask(tmp_path):
     assert set(results["metrics"]) == {"demo_capitals", "demo_sums"}
     assert not torch.equal(masks["task.demo_capitals.mlp.0"], masks["task.demo_sums.mlp.0"])
     assert int(masks["task.demo_sums.mlp.1"].sum()) == 128 - 26
+
+
+def test_lm_eval_command_line_loads_the_saved_pruned_model(tmp_path):
+    """A pruned checkpoint is an ordinary HF checkpoint: lm-eval's own CLI evaluates it by path."""
+    import yaml
+
+    from diet.tasks import demo
+
+    proc = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=none", "prune.save=true", "prune.target=hidden",
+                    "eval.tasks=[demo_sums]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    include = tmp_path / "tasks"
+    include.mkdir()
+    (include / "demo_sums.yaml").write_text(yaml.safe_dump(demo.demo_task_config("demo_sums", tmp_path / "data")))
+    demo.write_demo_data("demo_sums", tmp_path / "data")
+    cli = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+         f"pretrained={tmp_path / 'run' / 'pruned_model'},dtype=float32", "--tasks", "demo_sums",
+         "--include_path", str(include), "--limit", "8", "--device", "cpu", "--batch_size", "4",
+         "--output_path", str(tmp_path / "lm_eval_out")],
+        capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    ours = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]["demo_sums"]["acc"]
+    (saved,) = (tmp_path / "lm_eval_out").rglob("results_*.json")
+    assert json.loads(saved.read_text())["results"]["demo_sums"]["acc,none"] == pytest.approx(ours)
