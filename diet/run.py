@@ -147,23 +147,6 @@ def run(cfg: DictConfig) -> dict:
     t = time.perf_counter()
     stats, cache_status = profile_stage(cfg, loaded, calib_sets, cache_dir)
     timings["profile"] = time.perf_counter() - t
-    if cfg.stage == "profile":
-        recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
-        log.info("stage=profile: the profile cache is filled; nothing else runs")
-        return {"profile_cache": cache_status}
-
-    recorder.status("running", stage="vote")
-    t = time.perf_counter()
-    masks, per_task_masks, votes, mean_scores = vote_stage(cfg, loaded, stats, group_widths)
-    achieved = vote.achieved_sparsity(masks)
-    timings["vote"] = time.perf_counter() - t
-    log.info("vote: %s, achieved sparsity %.4f (requested %.4f)", cfg.method.name, achieved, cfg.sparsity)
-    mask_tensors = dict(masks)
-    for name, task_mask in per_task_masks.items():
-        mask_tensors.update({f"task.{name}.{group}": m for group, m in task_mask.items()})
-    mask_path = recorder.masks(mask_tensors, {"target": cfg.prune.target, "scope": cfg.prune.scope,
-                                              "sparsity": str(cfg.sparsity), "method": cfg.method.name})
-
     held_out = {part.task: part.doc_ids for c in calib_sets.values() for part in (c.parts.values() or [c])
                 if part.held_out_of_eval}
     for calib_set in calib_sets.values():
@@ -177,6 +160,24 @@ def run(cfg: DictConfig) -> dict:
         t = time.perf_counter()
         dense_metrics = dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir, held_out)
         timings["dense_eval"] = time.perf_counter() - t
+
+    if cfg.stage == "profile":
+        recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
+        log.info("stage=profile: the profile cache is filled%s; nothing else runs",
+                 " and the dense model evaluated" if cfg.eval.dense else "")
+        return {"profile_cache": cache_status}
+
+    recorder.status("running", stage="vote")
+    t = time.perf_counter()
+    masks, per_task_masks, votes, mean_scores = vote_stage(cfg, loaded, stats, group_widths)
+    achieved = vote.achieved_sparsity(masks)
+    timings["vote"] = time.perf_counter() - t
+    log.info("vote: %s, achieved sparsity %.4f (requested %.4f)", cfg.method.name, achieved, cfg.sparsity)
+    mask_tensors = dict(masks)
+    for name, task_mask in per_task_masks.items():
+        mask_tensors.update({f"task.{name}.{group}": m for group, m in task_mask.items()})
+    mask_path = recorder.masks(mask_tensors, {"target": cfg.prune.target, "scope": cfg.prune.scope,
+                                              "sparsity": str(cfg.sparsity), "method": cfg.method.name})
 
     dense_params = prune.count_params(loaded.model)
     if cfg.method.name == "per_task":
@@ -296,16 +297,21 @@ def print_summary(results: dict) -> None:
     print("\n".join(lines))
 
 
+_failed_jobs: list[str] = []
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _hydra_main(cfg: DictConfig):
     try:
         run(cfg)
     except DietError as err:
-        try:
-            Recorder(Path(HydraConfig.get().runtime.output_dir)).status("failed", error=str(err))
-        except Exception:
-            pass
-        config.exit_on_error(err)
+        hydra_cfg = HydraConfig.get()
+        Recorder(Path(hydra_cfg.runtime.output_dir)).status("failed", error=str(err))
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            config.exit_on_error(err)
+        # One job's bad value (say, a vote threshold no dimension meets) must not cancel the rest of the sweep.
+        print(f"diet: error: job {hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}): {err}", file=sys.stderr)
+        _failed_jobs.append(hydra_cfg.job.override_dirname)
 
 
 def main() -> None:
@@ -315,6 +321,10 @@ def main() -> None:
     except DietError as err:
         config.exit_on_error(err)
     _hydra_main()
+    if _failed_jobs:  # jobs run in this process (the basic launcher): the sweep as a whole failed
+        print(f"diet: error: {len(_failed_jobs)} job(s) of the sweep failed; see status.json in their folders",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

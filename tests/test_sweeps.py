@@ -62,3 +62,28 @@ def test_job_killed_after_profiling_resumes_from_the_cache(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["profile_cache"].values()) == {"hit"}
+
+
+def test_a_failing_job_does_not_cancel_the_rest_of_the_sweep(tmp_path):
+    # Job 0 asks for more calibration documents than a task has; job 1 is fine and must still run.
+    quick = [o for o in QUICK if not o.startswith("calib.n_samples")]
+    proc = diet_run(tmp_path, "model=tiny_gemma2", *quick, "logger=none", "calib.n_samples=500,6", run_dir="sweep",
+                    multirun=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    status = json.loads((tmp_path / "sweep" / "0" / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"].startswith("calib.n_samples: 500 is more than task")
+    assert not (tmp_path / "sweep" / "0" / "results.json").exists()
+    assert json.loads((tmp_path / "sweep" / "1" / "results.json").read_text())["metrics"]
+    (job_line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("diet: error: job 0 (")]
+    assert "calib.n_samples=500" in job_line and "is more than task" in job_line
+    assert "diet: error: 1 job(s) of the sweep failed" in proc.stderr
+
+
+def test_profile_stage_also_fills_the_dense_eval_cache(tmp_path):
+    first = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=none", "stage=profile", "method=random",
+                     "eval.dense=true", run_dir="p")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = diet_run(tmp_path, "model=tiny_gemma2", *QUICK, "logger=none", "eval.dense=true", run_dir="full")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "dense eval cache: miss" in first.stdout + first.stderr
+    assert "dense eval cache: hit" in second.stdout + second.stderr
