@@ -48,33 +48,6 @@ def evaluation_tasks(task_dict: dict[str, Any]) -> list:
     return list(task_dict.values())
 
 
-def eval_samples(task_dict: dict[str, Any], calib_sets: dict[str, Any]) -> dict[str, list[int]] | None:
-    """simple_evaluate(samples=...) that leaves out documents a calibration set took from the evaluated split.
-
-    Maps each affected task to the indices of its evaluated documents that no calibration set used; tasks not in the
-    mapping are evaluated in full. None when no calibration set is held out of evaluation (lm-eval refuses `samples`
-    together with `limit`). Use this or diet.tasks.calibration.exclude_from_eval, not both: indices refer to the
-    unfiltered split.
-    """
-    held_out: dict[str, set[int]] = {}
-    for calib_set in calib_sets.values():
-        for part in calib_set.parts.values() if calib_set.parts else [calib_set]:
-            if part.held_out_of_eval and part.task in task_dict:
-                held_out.setdefault(part.task, set()).update(part.doc_ids)
-    if not held_out:
-        return None
-    samples = {}
-    for name, used in held_out.items():
-        task = task_dict[name]
-        remaining = [i for i in range(len(task.eval_docs)) if i not in used]
-        if not remaining:
-            raise DietError(f"calib.n_samples: calibrating on every document of task {name!r} leaves none to evaluate")
-        log.info("task %s: evaluating %d documents, leaving out %d used for calibration",
-                 name, len(remaining), len(used))
-        samples[name] = remaining
-    return samples
-
-
 def eval_split(task) -> str:
     """The split lm-eval evaluates: test when the task defines one, else validation."""
     return task.config.test_split if task.has_test_docs() else task.config.validation_split
@@ -234,4 +207,4 @@ def _build_local(name: str, manager, local_dir: Path):
         ) from None
 
 
-__all__ = ["DEMO_TASKS", "eval_samples", "eval_split", "evaluation_task_manager", "evaluation_tasks", "load_tasks"]
+__all__ = ["DEMO_TASKS", "eval_split", "evaluation_task_manager", "evaluation_tasks", "load_tasks"]

@@ -2,8 +2,7 @@
 
 Documents come from the task's training split; failing that, from a split lm-eval does not evaluate; failing that,
 from the evaluated split itself, in which case the set is marked `held_out_of_eval` and the caller removes those
-documents from evaluation: `diet.tasks.eval_samples` (lm-eval's `samples` argument) or `exclude_from_eval` /
-`exclude_calibration_docs` (the task object drops them; works with `limit`).
+documents from evaluation with `exclude_calibration_docs` (the task object drops them; works with `limit`).
 """
 
 import logging
@@ -37,7 +36,7 @@ def calibration_set(task, n_samples: int, seed: int, include_target: bool = True
     if held_out:
         log.warning(
             "task %s has no split besides the evaluated %r one: calibrating on %d of its documents, which must be "
-            "excluded from evaluation (diet.tasks.eval_samples or exclude_from_eval)", name, split, n_samples,
+            "excluded from evaluation (exclude_from_eval)", name, split, n_samples,
         )
     rng = random.Random(f"{seed}:{name}")
     doc_ids = sorted(rng.sample(range(len(docs)), n_samples))
