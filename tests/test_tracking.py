@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+from diet import tracking
+
+
+def test_flattened_config_has_every_key_as_a_column_and_no_secrets():
+    config = {"sparsity": 0.3, "model": {"name": "gemma2_9b", "hf_token": "hf_abc", "name_or_path": "google/gemma-2-9b"},
+              "logger": {"name": "wandb", "api_key": "xyz", "tags": ["a"]}, "vote": {"threshold": None}}
+    flat = tracking.flatten_config(config)
+    assert flat == {"sparsity": 0.3, "model.name": "gemma2_9b", "model.name_or_path": "google/gemma-2-9b",
+                    "logger.name": "wandb", "logger.tags": ["a"], "vote.threshold": None}
+    assert "hf_abc" not in repr(flat) and "xyz" not in repr(flat)
+
+
+def test_config_hash_ignores_what_does_not_change_the_mask():
+    base = {"sparsity": 0.3, "seed": 0, "logger": {"name": "wandb"}, "eval": {"limit": 10}}
+    assert tracking.config_hash(base) == tracking.config_hash({**base, "logger": {"name": "none"},
+                                                               "eval": {"limit": None}})
+    assert tracking.config_hash(base) != tracking.config_hash({**base, "sparsity": 0.2})
+
+
+def test_disabled_and_none_log_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.log_run({"name": "wandb", "mode": "offline"}, run_dir=str(tmp_path), config={}, results={},
+                            mask_path="", name="x", group=None) is None
+    assert tracking.log_run({"name": "none"}, run_dir=str(tmp_path), config={}, results={}, mask_path="", name="x",
+                            group=None) is None
+    assert os.listdir(tmp_path) == []
