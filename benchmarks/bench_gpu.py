@@ -1,0 +1,906 @@
+#!/usr/bin/env python
+"""GPU benchmarks of DIET's stages on real model shapes with random weights (nothing is downloaded).
+
+Models are built from configs carrying the published shapes (gemma-2-2b/9b/27b, Llama-3-8B), directly on the GPU in
+bf16 (transformers' own init, run on the device: normal(0, 0.02) weights, norms at their defaults); inputs are random
+token ids with full attention masks. Every timing is CUDA-synchronised (CUDA events around the region), follows
+warm-ups and is the median of several repeats; variants that are compared are interleaved repeat by repeat.
+
+Sections (`--sections`):
+  profile  `diet.profile.collect` (target mlp and hidden) vs the same decoder forward passes without hooks: time
+           ratio, tokens/s, peak-memory ratio (torch.cuda.max_memory_allocated, reset before every timed call).
+           `--fix-variants` adds prototypes of a cheaper accumulator (swapped in for `diet.profile._Accumulator`
+           inside this process only; diet/ is untouched): `triton` (one fused pass over the bf16 activation,
+           deterministic per-block partials) and `compiled` (the same statistics through torch.compile).
+  e2e      profile (7 tasks x 100 samples x 512 tokens by default) + `vote.group_scores` + `vote.build_masks` +
+           `prune.prune_model`, target mlp, each stage's seconds. It prunes, so it runs on a deep copy right after
+           `profile` when a copy fits on the device, and last, on the model itself, when not.
+  prefill  dense vs pruned forward at several batch sizes: decoder + LM head (full logits, as lm-eval scores them)
+           and decoder only; pruned copies come from `vote.random_masks` + `prune.prune_model`; parameter and
+           analytic FLOP ratios beside the measured speed-up.
+  decode   one token per step with a KV cache of `--seq` tokens, dense vs pruned (runs inside `prefill`).
+  taylor   a gradient-based importance pass (|grad * activation| at every down_proj input, one forward + backward
+           over the same batches, activation gradients only) vs `collect`, as a time ratio.
+
+Examples:
+  python benchmarks/bench_gpu.py --tiny                     # CPU smoke test with tiny shapes (float32)
+  python benchmarks/bench_gpu.py --models gemma2_9b --sections profile,prefill,e2e --append docs/benchmarks.md
+  python benchmarks/bench_gpu.py --render a.jsonl b.jsonl --append docs/benchmarks.md   # tables from saved runs
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+# Published shapes. Gemma-2: vocab 256000, tied embeddings, sliding window 4096, logit soft-capping (eager attention
+# in transformers, which has no SDPA path for soft-capping). Llama-3-8B: vocab 128256, untied.
+SHAPES = {
+    "gemma2_2b": dict(family="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000,
+                      query_pre_attn_scalar=256, sliding_window=4096),
+    "gemma2_9b": dict(family="gemma2", hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                      num_attention_heads=16, num_key_value_heads=8, head_dim=256, vocab_size=256000,
+                      query_pre_attn_scalar=256, sliding_window=4096),
+    "gemma2_27b": dict(family="gemma2", hidden_size=4608, intermediate_size=36864, num_hidden_layers=46,
+                       num_attention_heads=32, num_key_value_heads=16, head_dim=128, vocab_size=256000,
+                       query_pre_attn_scalar=144, sliding_window=4096),
+    "llama3_8b": dict(family="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False),
+}
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, vocab_size=512)
+# Models too large for a dense + pruned copy on one 80 GB card: prefill is measured dense, then pruned in place.
+IN_PLACE_PREFILL = {"gemma2_27b"}
+PROFILE_BS = {"gemma2_27b": 4}
+
+# Most informative first, so a --time-budget cut drops the least: the target variant, then widths that are / are not
+# multiples of 8 (bf16 GEMM alignment: odd widths ran 2-3x slower than dense on an H100, see docs/benchmarks.md).
+DEFAULT_VARIANTS = "mlp:0.3:128,mlp:0.3:1,mlp:0.3:8,hidden:0.3:1,hidden:0.3:8,mlp:0.2:1,mlp:0.2:128,mlp:0.5:1," \
+                   "mlp:0.5:128,hidden:0.2:1,hidden:0.5:1,hidden:0.3:128"
+TARGET_VARIANT = ("mlp", 0.3, 128)  # the speed target: at batch 8, speed-up >= 0.8 x FLOP reduction
+TARGET_BS = 8
+
+log_file = None
+
+
+def say(*parts) -> None:
+    line = " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    if log_file is not None:
+        log_file.write(line + "\n")
+        log_file.flush()
+
+
+# --------------------------------------------------------------------------------------------------- recording
+
+class Recorder:
+    """Results as dicts, each appended to a JSON-lines file as soon as it exists (partial runs still render)."""
+
+    def __init__(self, path: str | None):
+        self.rows: list[dict] = []
+        self.path = path
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, kind: str, **row) -> dict:
+        row = {"kind": kind, **row}
+        self.rows.append(row)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return row
+
+
+# ------------------------------------------------------------------------------------------------------ timing
+
+class Clock:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def time(self, fn) -> tuple[float, int]:
+        """Seconds of one call of fn and the peak allocated bytes during it (0 on the CPU)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+            del out
+            return start.elapsed_time(end) / 1000.0, peak
+        started = time.perf_counter()
+        out = fn()
+        elapsed = time.perf_counter() - started
+        del out
+        return elapsed, 0
+
+
+def interleaved(clock: Clock, fns: dict, reps: int, warmup: int) -> dict[str, dict]:
+    """Run every variant `warmup` times, then `reps` rounds in which each runs once (order rotated per round)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            clock.time(fns[name])
+    times = {n: [] for n in names}
+    peaks = {n: 0 for n in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t, peak = clock.time(fns[name])
+            times[name].append(t)
+            peaks[name] = max(peaks[name], peak)
+    return {n: {"median_s": statistics.median(times[n]), "times_s": times[n], "peak_bytes": peaks[n]}
+            for n in names}
+
+
+# ------------------------------------------------------------------------------------------------------ models
+
+def shape_of(name: str, tiny: bool) -> dict:
+    shape = dict(SHAPES[name])
+    if tiny:
+        family = shape["family"]
+        shape = dict(TINY_SHAPE, family=family)
+        if family == "gemma2":
+            shape.update(query_pre_attn_scalar=16, sliding_window=4096)
+    return shape
+
+
+def build_model(name: str, device: torch.device, dtype: torch.dtype, tiny: bool):
+    import transformers
+    from diet.models.adapters import get_adapter
+
+    shape = shape_of(name, tiny)
+    family = shape.pop("family")
+    config = transformers.AutoConfig.for_model(family, max_position_embeddings=8192, pad_token_id=0,
+                                               bos_token_id=2, eos_token_id=1, **shape)
+    started = time.perf_counter()
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return model, get_adapter(model), time.perf_counter() - started
+
+
+def random_ids(n: int, seq: int, vocab: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (n, seq), generator=generator)
+
+
+def random_batches(n_samples: int, seq: int, bs: int, vocab: int, seed: int) -> list[dict]:
+    """CPU batches as `diet.profile.tokenize` returns them (the collect loop moves them to the device)."""
+    ids = random_ids(n_samples, seq, vocab, seed)
+    return [{"input_ids": ids[s:s + bs].contiguous(), "attention_mask": torch.ones_like(ids[s:s + bs])}
+            for s in range(0, n_samples, bs)]
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------- analytics
+
+def flops_per_token(shape: dict, seq: int, mlp_widths: list[int], hidden: int, with_head: bool,
+                    context: float | None = None) -> float:
+    """Matmul FLOPs (2 per multiply-add) per token. Attention scores and values are counted causally: a query at
+    position p attends to p + 1 keys, (seq + 1) / 2 on average in a prefill of `seq` (`context` overrides it, e.g.
+    the cache length in decode). Element-wise work is left out."""
+    heads, kv, hd = shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]
+    ctx = (seq + 1) / 2 if context is None else context
+    per_layer = 2 * hidden * (heads * hd + 2 * kv * hd) + 2 * heads * hd * hidden + 4 * heads * hd * ctx
+    total = shape["num_hidden_layers"] * per_layer + sum(6 * hidden * w for w in mlp_widths)
+    if with_head:
+        total += 2 * hidden * shape["vocab_size"]
+    return float(total)
+
+
+def model_widths(model, adapter) -> tuple[list[int], int]:
+    return adapter.intermediate_sizes(model), adapter.hidden_size(model)
+
+
+# ----------------------------------------------------------------------------------- accumulator prototypes (fix)
+
+_TRITON_KERNEL = None
+
+
+def _triton_kernel():
+    global _TRITON_KERNEL
+    if _TRITON_KERNEL is None:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def column_stats(x_ptr, w_ptr, out_ptr, n_rows, n_cols, stride_row,
+                         ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+            """Program (d, r): columns d*BLOCK_D.., rows r*ROWS..; writes its partial sum |x| w, sum x^2 w and
+            max |x| w to out[r, 0..2, cols] (reduced over r afterwards, in a fixed order: deterministic)."""
+            pid_d = tl.program_id(0)
+            pid_r = tl.program_id(1)
+            cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+            col_ok = cols < n_cols
+            acc_abs = tl.zeros([BLOCK_D], dtype=tl.float32)
+            acc_sq = tl.zeros([BLOCK_D], dtype=tl.float32)
+            acc_max = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for i in range(0, ROWS, BLOCK_N):
+                rows = pid_r * ROWS + i + tl.arange(0, BLOCK_N)
+                row_ok = rows < n_rows
+                offsets = rows[:, None].to(tl.int64) * stride_row + cols[None, :]
+                x = tl.load(x_ptr + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                w = tl.load(w_ptr + rows, mask=row_ok, other=0.0)
+                a = tl.abs(x) * w[:, None]
+                acc_abs += tl.sum(a, axis=0)
+                acc_sq += tl.sum(x * x * w[:, None], axis=0)
+                acc_max = tl.maximum(acc_max, tl.max(a, axis=0))
+            base = out_ptr + pid_r * 3 * n_cols
+            tl.store(base + cols, acc_abs, mask=col_ok)
+            tl.store(base + n_cols + cols, acc_sq, mask=col_ok)
+            tl.store(base + 2 * n_cols + cols, acc_max, mask=col_ok)
+
+        _TRITON_KERNEL = column_stats
+    return _TRITON_KERNEL
+
+
+def triton_stats(flat: torch.Tensor, weights: torch.Tensor, rows: int = 256, block_n: int = 32,
+                 block_d: int = 128) -> dict[str, torch.Tensor]:
+    import triton
+
+    flat = flat if flat.stride(-1) == 1 else flat.contiguous()
+    n, d = flat.shape
+    n_blocks = triton.cdiv(n, rows)
+    partial = torch.empty((n_blocks, 3, d), dtype=torch.float32, device=flat.device)
+    _triton_kernel()[(triton.cdiv(d, block_d), n_blocks)](
+        flat, weights, partial, n, d, flat.stride(0), ROWS=rows, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+    return {"sum_abs": partial[:, 0].sum(dim=0), "sum_sq": partial[:, 1].sum(dim=0),
+            "max_abs": partial[:, 2].amax(dim=0), "count": weights.sum().reshape(1)}
+
+
+def _eager_stats(x: torch.Tensor, weights: torch.Tensor):
+    flat = x.reshape(-1, x.shape[-1]).float()
+    magnitude = flat.abs()
+    w = weights[:, None]
+    return (magnitude * w).sum(dim=0), (flat * flat * w).sum(dim=0), (magnitude * w).amax(dim=0)
+
+
+_COMPILED = None
+
+
+def compiled_stats(x: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(_eager_stats, dynamic=True, fullgraph=True)
+    sum_abs, sum_sq, max_abs = _COMPILED(x, weights)
+    return {"sum_abs": sum_abs, "sum_sq": sum_sq, "max_abs": max_abs, "count": weights.sum().reshape(1)}
+
+
+class _PrototypeAccumulator:
+    """Same contract as `diet.profile._Accumulator`; only the per-batch statistics are computed differently."""
+
+    def __init__(self, batch_state: dict):
+        self.batch_state = batch_state
+        self.sums = None
+
+    def batch_stats(self, x: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> None:
+        weights = self.batch_state["weights"]
+        if weights.device != x.device:
+            weights = weights.to(x.device, non_blocking=True)
+        batch = self.batch_stats(x, weights)
+        if self.sums is None:
+            self.sums = batch
+        else:
+            for name in ("sum_abs", "sum_sq", "count"):
+                self.sums[name] += batch[name]
+            torch.maximum(self.sums["max_abs"], batch["max_abs"], out=self.sums["max_abs"])
+
+
+class TritonAccumulator(_PrototypeAccumulator):
+    def batch_stats(self, x, weights):
+        return triton_stats(x.reshape(-1, x.shape[-1]), weights)
+
+
+class CompiledAccumulator(_PrototypeAccumulator):
+    def batch_stats(self, x, weights):
+        return compiled_stats(x, weights)
+
+
+FIX_VARIANTS = {"triton": TritonAccumulator, "compiled": CompiledAccumulator}
+
+
+@contextlib.contextmanager
+def accumulator(cls):
+    import diet.profile as profile
+
+    if cls is None:
+        yield
+        return
+    original = profile._Accumulator
+    profile._Accumulator = cls
+    try:
+        yield
+    finally:
+        profile._Accumulator = original
+
+
+def max_rel_diff(a: dict, b: dict) -> float:
+    worst = 0.0
+    for point in a:
+        for stat in a[point]:
+            x, y = a[point][stat].double(), b[point][stat].double()
+            worst = max(worst, float((x - y).abs().max() / y.abs().max().clamp_min(1e-30)))
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------------- sections
+
+def bench_profile(rec, name, model, adapter, device, clock, args, shape):
+    from diet.profile import collect
+
+    bs = args.profile_bs or PROFILE_BS.get(name, 16)
+    batches = random_batches(bs * args.profile_batches, args.seq, bs, shape["vocab_size"], seed=1)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    decoder = model.get_decoder()
+
+    def no_hooks():
+        with torch.inference_mode():
+            for batch in batches:
+                decoder(input_ids=batch["input_ids"].to(device, non_blocking=True),
+                        attention_mask=batch["attention_mask"].to(device, non_blocking=True), use_cache=False)
+
+    def run_collect(target, cls=None):
+        def fn():
+            with accumulator(cls):
+                return collect(model, adapter, batches, target)
+        return fn
+
+    fns = {"no hooks": no_hooks, "collect mlp": run_collect("mlp"), "collect hidden": run_collect("hidden")}
+    for fix in args.fix_variants:
+        cls = FIX_VARIANTS[fix]
+        for target in ("mlp", "hidden"):
+            try:  # first call: compile (triton JIT / inductor) and check the statistics against diet's own
+                t0 = time.perf_counter()
+                with accumulator(cls):
+                    got = collect(model, adapter, batches[:1], target)
+                clock.sync()
+                first_s = time.perf_counter() - t0
+                ref = collect(model, adapter, batches[:1], target)
+                diff = max_rel_diff(got, ref)
+                rec.add("fix_check", model=name, fix=fix, target=target, first_call_s=first_s, max_rel_diff=diff)
+                say(f"  fix {fix} {target}: first call {first_s:.2f} s, max rel diff vs diet {diff:.2e}")
+                fns[f"collect {target} [{fix}]"] = run_collect(target, cls)
+            except Exception as exc:  # a prototype that fails is reported, the rest goes on
+                rec.add("fix_check", model=name, fix=fix, target=target, error=repr(exc)[:300])
+                say(f"  fix {fix} {target} FAILED: {exc!r}"[:400])
+    results = interleaved(clock, fns, reps=args.reps, warmup=1)
+    base = results["no hooks"]
+    for variant, r in results.items():
+        row = rec.add("profile", model=name, variant=variant, batch=bs, seq=args.seq, batches=len(batches),
+                      tokens=tokens, median_s=r["median_s"], times_s=r["times_s"],
+                      tokens_per_s=tokens / r["median_s"], ratio=r["median_s"] / base["median_s"],
+                      peak_gb=r["peak_bytes"] / 2**30,
+                      peak_ratio=(r["peak_bytes"] / base["peak_bytes"]) if base["peak_bytes"] else None)
+        say(f"  profile {variant:28s} {row['median_s']:.3f} s  x{row['ratio']:.3f}  "
+            f"{row['tokens_per_s']:.0f} tok/s  peak {row['peak_gb']:.2f} GB")
+
+
+def bench_e2e(rec, name, model, adapter, device, clock, args, shape, fix=None):
+    from diet.profile import collect
+    from diet.prune import count_params, prune_model
+    from diet.vote import achieved_sparsity, build_masks, group_scores
+
+    bs = args.e2e_bs
+    tasks = {f"task{t}": random_batches(args.e2e_samples, args.seq, bs, shape["vocab_size"], seed=100 + t)
+             for t in range(args.e2e_tasks)}
+    tokens = sum(int(b["attention_mask"].sum()) for bl in tasks.values() for b in bl)
+    params_dense = count_params(model)
+    label = "diet" if fix is None else f"diet + {fix} accumulator"
+    if fix is None and getattr(args, "e2e_on_copy", False):
+        model = copy.deepcopy(model)  # the caller's dense model stays intact for the sections after this one
+    clock.sync()
+    t0 = time.perf_counter()
+    with accumulator(FIX_VARIANTS[fix] if fix else None):
+        stats = {task: collect(model, adapter, batches, "mlp", desc=task) for task, batches in tasks.items()}
+    clock.sync()
+    t1 = time.perf_counter()
+    if fix is not None:  # profile stage only: the masks and the pruning are the same code
+        rec.add("e2e", model=name, variant=label, tasks=len(tasks), samples=args.e2e_samples, seq=args.seq,
+                batch=bs, tokens=tokens, profile_s=t1 - t0)
+        say(f"  e2e [{label}] profile {t1 - t0:.2f} s")
+        return
+    scores = {task: group_scores(s, "act_l2", "mlp") for task, s in stats.items()}
+    masks, _, _ = build_masks(scores, sparsity=args.e2e_sparsity, target="mlp")
+    t2 = time.perf_counter()
+    prune_model(model, adapter, masks, "mlp")
+    clock.sync()
+    t3 = time.perf_counter()
+    row = rec.add("e2e", model=name, variant=label, tasks=len(tasks), samples=args.e2e_samples, seq=args.seq,
+                  batch=bs, tokens=tokens, profile_s=t1 - t0, vote_s=t2 - t1, prune_s=t3 - t2, total_s=t3 - t0,
+                  sparsity=achieved_sparsity(masks), params_ratio=count_params(model) / params_dense)
+    say(f"  e2e profile {row['profile_s']:.2f} s, vote {row['vote_s']:.2f} s, prune {row['prune_s']:.2f} s, "
+        f"total {row['total_s']:.2f} s ({tokens} tokens)")
+
+
+def _prefill_fns(model, ids, mask):
+    decoder = model.get_decoder()
+
+    def full():
+        with torch.inference_mode():
+            return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+    def decoder_only():
+        with torch.inference_mode():
+            return decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+    return full, decoder_only
+
+
+def _decode_fn(model, ids):
+    """A prefill of `ids` with a cache, then a function that runs one decode step (the cache grows by one)."""
+    with torch.inference_mode():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+    token = ids[:, -1:].contiguous()
+
+    def step():
+        with torch.inference_mode():
+            return model(input_ids=token, past_key_values=cache, use_cache=True).logits
+
+    return step
+
+
+def parse_variants(text: str) -> list[tuple[str, float, int]]:
+    out = []
+    for item in text.split(","):
+        target, sparsity, multiple = item.split(":")
+        out.append((target, float(sparsity), int(multiple)))
+    return out
+
+
+def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
+    from diet.prune import count_params, expected_mask_lengths, prune_model
+    from diet.vote import random_masks
+
+    in_place = name in IN_PLACE_PREFILL and not args.tiny
+    variants = parse_variants(args.variants)
+    if in_place:  # one variant, the target one, measured after the dense model: not interleaved
+        variants = [TARGET_VARIANT]
+    dense_widths, dense_hidden = model_widths(model, adapter)
+    dense_params = count_params(model)
+    batch_sizes = [bs for bs in args.batch_sizes if bs <= 8] if in_place else args.batch_sizes  # memory
+    inputs = {bs: random_ids(bs, args.seq, shape["vocab_size"], seed=200 + bs).to(device) for bs in batch_sizes}
+    decode_inputs = {bs: random_ids(bs, args.seq, shape["vocab_size"], seed=300 + bs).to(device)
+                     for bs in args.decode_bs} if "decode" in args.sections else {}
+    dense_alone: dict = {}
+    if in_place:
+        for bs, ids in inputs.items():
+            full, dec = _prefill_fns(model, ids, torch.ones_like(ids))
+            dense_alone[bs] = interleaved(clock, {"dense full": full, "dense dec": dec}, args.reps, 1)
+        for bs, ids in decode_inputs.items():
+            dense_alone[("decode", bs)] = interleaved(clock, {"dense": _decode_fn(model, ids)}, args.decode_steps, 3)
+    for target, sparsity, multiple_of in variants:
+        if time_left(args) < args.min_section_s:
+            rec.add("skipped", model=name, what=f"prefill {target} {sparsity} m{multiple_of}", why="time budget")
+            say(f"  skip prefill {target} {sparsity} m{multiple_of}: time budget")
+            continue
+        try:
+            pruned = model if in_place else copy.deepcopy(model)
+            masks = random_masks(expected_mask_lengths(pruned, adapter, target), sparsity, seed=0,
+                                 multiple_of=multiple_of)
+            prune_model(pruned, adapter, masks, target)
+            widths, hidden = model_widths(pruned, adapter)
+            params_ratio = count_params(pruned) / dense_params
+            for bs, ids in inputs.items():
+                mask = torch.ones_like(ids)
+                d_full, d_dec = _prefill_fns(model, ids, mask)
+                p_full, p_dec = _prefill_fns(pruned, ids, mask)
+                if in_place:
+                    res = dict(dense_alone[bs])
+                    res.update(interleaved(clock, {"pruned full": p_full, "pruned dec": p_dec}, args.reps, 1))
+                else:
+                    res = interleaved(clock, {"dense full": d_full, "pruned full": p_full, "dense dec": d_dec,
+                                              "pruned dec": p_dec}, args.reps, 1)
+                for mode, head in (("full", True), ("dec", False)):
+                    f_dense = flops_per_token(shape, args.seq, dense_widths, dense_hidden, head)
+                    f_pruned = flops_per_token(shape, args.seq, widths, hidden, head)
+                    t_dense, t_pruned = res[f"dense {mode}"]["median_s"], res[f"pruned {mode}"]["median_s"]
+                    row = rec.add("prefill", model=name, target=target, sparsity=sparsity, multiple_of=multiple_of,
+                                  mode=mode, batch=bs, seq=args.seq, params_ratio=params_ratio,
+                                  flop_ratio=f_pruned / f_dense, dense_s=t_dense, pruned_s=t_pruned,
+                                  dense_times_s=res[f"dense {mode}"]["times_s"],
+                                  pruned_times_s=res[f"pruned {mode}"]["times_s"],
+                                  tokens_per_s_dense=bs * args.seq / t_dense,
+                                  tokens_per_s_pruned=bs * args.seq / t_pruned,
+                                  interleaved=not in_place, widths=sorted(set(widths)), hidden=hidden)
+                    say(f"  prefill {target} s={sparsity} m={multiple_of} bs={bs} {mode}: dense "
+                        f"{t_dense * 1e3:.1f} ms pruned {t_pruned * 1e3:.1f} ms speed-up "
+                        f"{1 - t_pruned / t_dense:.3f} FLOP red {1 - row['flop_ratio']:.3f}")
+            for bs, ids in decode_inputs.items():
+                p_step = _decode_fn(pruned, ids)
+                if in_place:
+                    res = {"dense": dense_alone[("decode", bs)]["dense"]}
+                    res.update(interleaved(clock, {"pruned": p_step}, args.decode_steps, 3))
+                else:
+                    res = interleaved(clock, {"dense": _decode_fn(model, ids), "pruned": p_step},
+                                      args.decode_steps, 3)
+                f_dense = flops_per_token(shape, 1, dense_widths, dense_hidden, True, context=args.seq)
+                f_pruned = flops_per_token(shape, 1, widths, hidden, True, context=args.seq)
+                row = rec.add("decode", model=name, target=target, sparsity=sparsity, multiple_of=multiple_of,
+                              batch=bs, cache=args.seq, params_ratio=params_ratio, flop_ratio=f_pruned / f_dense,
+                              dense_s=res["dense"]["median_s"], pruned_s=res["pruned"]["median_s"],
+                              interleaved=not in_place)
+                say(f"  decode {target} s={sparsity} m={multiple_of} bs={bs}: dense {row['dense_s'] * 1e3:.2f} ms "
+                    f"pruned {row['pruned_s'] * 1e3:.2f} ms")
+                del p_step
+            if not in_place:
+                del pruned
+        except torch.OutOfMemoryError as exc:
+            rec.add("skipped", model=name, what=f"prefill {target} {sparsity} m{multiple_of}", why=f"OOM: {exc}"[:200])
+            say(f"  OOM in prefill {target} {sparsity} m{multiple_of}")
+        free_memory()
+
+
+def taylor_pass(model, adapter, batches, device) -> dict[int, torch.Tensor]:
+    """Per FFN neuron, sum over non-padding tokens of |dL/da * a| at the down_proj input (next-token loss, one
+    forward and one backward per batch; only activation gradients, no weight gradients)."""
+    sums: dict[int, torch.Tensor] = {}
+    state: dict = {}
+
+    def make_hook(index):
+        def pre_hook(_module, args):
+            activation = args[0]
+            if not activation.requires_grad:
+                return
+
+            def on_grad(grad, activation=activation):
+                contrib = (grad.float() * activation.float()).abs().reshape(-1, activation.shape[-1])
+                value = state["weights"] @ contrib
+                if index in sums:
+                    sums[index] += value
+                else:
+                    sums[index] = value
+
+            activation.register_hook(on_grad)
+        return pre_hook
+
+    handles = [adapter.mlp_projections(layer)[2].register_forward_pre_hook(make_hook(i))
+               for i, layer in enumerate(adapter.decoder_layers(model))]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        for batch in batches:
+            ids = batch["input_ids"].to(device, non_blocking=True)
+            mask = batch["attention_mask"].to(device, non_blocking=True)
+            state["weights"] = mask.reshape(-1).float()
+            with torch.enable_grad():
+                embeds = adapter.embedding(model)(ids).detach().requires_grad_(True)
+                labels = ids.masked_fill(mask == 0, -100)
+                loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False).loss
+                loss.backward()
+            del loss, embeds
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return sums
+
+
+def bench_taylor(rec, name, model, adapter, device, clock, args, shape):
+    from diet.profile import collect
+
+    bs = args.taylor_bs
+    batches = random_batches(bs * args.taylor_batches, args.seq, bs, shape["vocab_size"], seed=7)
+    res = interleaved(clock, {"diet collect mlp": lambda: collect(model, adapter, batches, "mlp"),
+                              "taylor grad x act": lambda: taylor_pass(model, adapter, batches, device)},
+                      reps=args.taylor_reps, warmup=1)
+    base = res["diet collect mlp"]
+    for variant, r in res.items():
+        row = rec.add("taylor", model=name, variant=variant, batch=bs, seq=args.seq, batches=len(batches),
+                      median_s=r["median_s"], times_s=r["times_s"], ratio=r["median_s"] / base["median_s"],
+                      peak_gb=r["peak_bytes"] / 2**30)
+        say(f"  taylor {variant:20s} {row['median_s']:.3f} s x{row['ratio']:.2f} peak {row['peak_gb']:.1f} GB")
+
+
+# --------------------------------------------------------------------------------------------------- rendering
+
+def _f(value, fmt="{:.3f}") -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def render(rows: list[dict]) -> str:
+    env = [r for r in rows if r["kind"] == "env"]
+    out = []
+    if env:
+        e = env[0]
+        out.append(f"## GPU benchmarks ({e['date']}, {e['device']})\n")
+        out.append(f"- device: {e['device']}; torch {e['torch']} (CUDA {e['cuda']}); transformers "
+                   f"{e['transformers']}; python {e['python']}; dtype {e['dtype']}")
+        for other in env[1:]:
+            if other.get("device") != e.get("device"):
+                out.append(f"- also: {other['device']}, {other['date']}")
+        commands = sorted({r["command"] for r in env})
+        out.append("- command(s):")
+        out.extend(f"  - `{c}`" for c in commands)
+        models = [r for r in rows if r["kind"] == "model"]
+        for m in models:
+            out.append(f"- {m['model']}: {m['params'] / 1e9:.2f} B parameters, attention "
+                       f"`{m['attn_implementation']}`, built in {m['build_s']:.1f} s, finite logits: {m['finite']}")
+        out.append("- random weights (transformers' init on the device) and random token ids with full attention "
+                   "masks; CUDA-event timings, medians of the repeats after a warm-up; compared variants "
+                   "interleaved repeat by repeat unless marked otherwise.\n")
+
+    prof = [r for r in rows if r["kind"] == "profile"]
+    if prof:
+        out.append("### Profiling overhead: `diet.profile.collect` vs the same decoder passes without hooks\n")
+        out.append("Target: time ratio <= 1.05x. `[triton]` / `[compiled]` rows are prototypes of a fused "
+                   "accumulator swapped in by the benchmark (not in diet/).\n")
+        out.append("| model | batch x seq x batches | variant | median s | tokens/s | time ratio | peak GB | "
+                   "peak ratio | <= 1.05x |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in prof:
+            ok = "" if r["variant"] == "no hooks" else ("yes" if r["ratio"] <= 1.05 else "no")
+            out.append(f"| {r['model']} | {r['batch']} x {r['seq']} x {r['batches']} | {r['variant']} | "
+                       f"{r['median_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f} | {r['peak_gb']:.2f} | "
+                       f"{_f(r['peak_ratio'])} | {ok} |")
+        checks = [r for r in rows if r["kind"] == "fix_check"]
+        if checks:
+            out.append("")
+            out.append("Prototype checks (first call includes JIT compilation; statistics compared with diet's on "
+                       "one batch):\n")
+            out.append("| model | prototype | target | first call s | max rel diff vs diet |")
+            out.append("|---|---|---|---|---|")
+            for r in checks:
+                if "error" in r:
+                    out.append(f"| {r['model']} | {r['fix']} | {r['target']} | failed: {r['error'][:80]} | |")
+                else:
+                    out.append(f"| {r['model']} | {r['fix']} | {r['target']} | {r['first_call_s']:.2f} | "
+                               f"{r['max_rel_diff']:.1e} |")
+        out.append("")
+
+    e2e = [r for r in rows if r["kind"] == "e2e"]
+    if e2e:
+        out.append("### End to end: profile + vote + prune (target mlp, act_l2, majority, scope=layer)\n")
+        out.append("Target: under 60 s on one H100 (model construction not included).\n")
+        out.append("| model | variant | tasks x samples x seq | batch | tokens | profile s | vote s | prune s | "
+                   "total s | < 60 s |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in e2e:
+            total = r.get("total_s")
+            out.append(f"| {r['model']} | {r['variant']} | {r['tasks']} x {r['samples']} x {r['seq']} | "
+                       f"{r['batch']} | {r['tokens']:,} | {r['profile_s']:.2f} | {_f(r.get('vote_s'), '{:.2f}')} | "
+                       f"{_f(r.get('prune_s'), '{:.2f}')} | {_f(total, '{:.2f}')} | "
+                       f"{'' if total is None else ('yes' if total < 60 else 'no')} |")
+        out.append("")
+
+    pre = [r for r in rows if r["kind"] == "prefill"]
+    if pre:
+        out.append("### Prefill: pruned vs dense\n")
+        out.append("speed-up = 1 - t_pruned / t_dense; FLOP red. = 1 - F_pruned / F_dense (analytic matmul FLOPs, "
+                   "causal attention); eff. = speed-up / FLOP red. `full` = decoder + LM head (all positions' "
+                   "logits), `dec` = decoder only. Target: mlp, multiple_of 128, sparsity 0.3, batch 8: "
+                   "speed-up >= 0.8 x FLOP red.\n")
+        out.append("| model | target | sparsity | mult. | params ratio | batch x seq | mode | FLOP ratio | "
+                   "dense ms | pruned ms | speed-up | FLOP red. | eff. | target met |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in pre:
+            speedup = 1 - r["pruned_s"] / r["dense_s"]
+            reduction = 1 - r["flop_ratio"]
+            eff = speedup / reduction if reduction > 0 else float("nan")
+            is_target = (r["target"], r["sparsity"], r["multiple_of"]) == TARGET_VARIANT and r["batch"] == TARGET_BS
+            met = ("yes" if speedup >= 0.8 * reduction else "no") if is_target else ""
+            note = "" if r.get("interleaved", True) else " (not interleaved)"
+            out.append(f"| {r['model']} | {r['target']} | {r['sparsity']} | {r['multiple_of']} | "
+                       f"{r['params_ratio']:.3f} | {r['batch']} x {r['seq']} | {r['mode']}{note} | "
+                       f"{r['flop_ratio']:.3f} | {r['dense_s'] * 1e3:.1f} | {r['pruned_s'] * 1e3:.1f} | "
+                       f"{speedup:.3f} | {reduction:.3f} | {eff:.2f} | {met} |")
+        out.append("")
+
+    dec = [r for r in rows if r["kind"] == "decode"]
+    if dec:
+        out.append("### Decode: one token per step with a KV cache\n")
+        out.append("| model | target | sparsity | mult. | params ratio | batch | cache | dense ms/step | "
+                   "pruned ms/step | speed-up | FLOP red. |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in dec:
+            out.append(f"| {r['model']} | {r['target']} | {r['sparsity']} | {r['multiple_of']} | "
+                       f"{r['params_ratio']:.3f} | {r['batch']} | {r['cache']} | {r['dense_s'] * 1e3:.2f} | "
+                       f"{r['pruned_s'] * 1e3:.2f} | {1 - r['pruned_s'] / r['dense_s']:.3f} | "
+                       f"{1 - r['flop_ratio']:.3f} |")
+        out.append("")
+
+    tay = [r for r in rows if r["kind"] == "taylor"]
+    if tay:
+        out.append("### Gradient-based (Taylor |grad x activation|) importance vs DIET's forward-only profiling\n")
+        out.append("| model | batch x seq x batches | variant | median s | ratio to DIET | peak GB |")
+        out.append("|---|---|---|---|---|---|")
+        for r in tay:
+            out.append(f"| {r['model']} | {r['batch']} x {r['seq']} x {r['batches']} | {r['variant']} | "
+                       f"{r['median_s']:.3f} | {r['ratio']:.2f} | {r['peak_gb']:.1f} |")
+        out.append("")
+
+    skipped = [r for r in rows if r["kind"] in ("skipped", "error")]
+    if skipped:
+        out.append("Not measured: " + "; ".join(f"{r['model']} {r.get('what', '')}: {r.get('why', r.get('error'))}"
+                                                for r in skipped) + "\n")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+_DEADLINE = [float("inf")]
+
+
+def time_left(_args=None) -> float:
+    return _DEADLINE[0] - time.perf_counter()
+
+
+def env_row(rec: Recorder, device: torch.device, dtype: torch.dtype) -> None:
+    import transformers
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
+    rec.add("env", date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), device=gpu,
+            torch=torch.__version__, cuda=torch.version.cuda, transformers=transformers.__version__,
+            python=platform.python_version(), dtype=str(dtype).replace("torch.", ""),
+            command="python " + " ".join(shlex.quote(a) for a in sys.argv))
+    say(f"device {gpu}; torch {torch.__version__}; transformers {transformers.__version__}")
+
+
+def append_markdown(path: str, text: str) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    existing = target.read_text() if target.exists() else ""
+    with open(target, "a") as f:
+        if existing and not existing.endswith("\n\n"):
+            f.write("\n" if existing.endswith("\n") else "\n\n")
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    global log_file
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="gemma2_9b", help=f"comma list of {', '.join(SHAPES)}")
+    p.add_argument("--sections", default="profile,prefill,decode,e2e",
+                   help="comma list of profile, prefill, decode, taylor, e2e")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU in float32 (a smoke test)")
+    p.add_argument("--seq", type=int, default=512, help="tokens per sample (prefill length; decode cache length)")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--profile-bs", type=int, default=0, help="profiling batch size (default 16; 4 for gemma2_27b)")
+    p.add_argument("--profile-batches", type=int, default=4)
+    p.add_argument("--fix-variants", default="triton", help="comma list of triton, compiled, or none")
+    p.add_argument("--e2e-tasks", type=int, default=7)
+    p.add_argument("--e2e-samples", type=int, default=100)
+    p.add_argument("--e2e-bs", type=int, default=16)
+    p.add_argument("--e2e-sparsity", type=float, default=0.2)
+    p.add_argument("--e2e-fix", action="store_true", help="also time the e2e profile stage with the first fix variant")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS, help="target:sparsity:multiple_of,...")
+    p.add_argument("--batch-sizes", default="1,8,32")
+    p.add_argument("--decode-bs", default="1,8")
+    p.add_argument("--decode-steps", type=int, default=15)
+    p.add_argument("--taylor-bs", type=int, default=4)
+    p.add_argument("--taylor-batches", type=int, default=4)
+    p.add_argument("--taylor-reps", type=int, default=3)
+    p.add_argument("--time-budget", type=float, default=0, help="seconds; sections past it are skipped (0: none)")
+    p.add_argument("--min-section-s", type=float, default=20)
+    p.add_argument("--json-out", default=None, help="append every result as a JSON line here")
+    p.add_argument("--log", default=None, help="copy of the console output")
+    p.add_argument("--append", default=None, help="append the markdown section to this file (e.g. docs/benchmarks.md)")
+    p.add_argument("--render", nargs="*", default=None, help="only render saved JSON-lines files (no measurement)")
+    args = p.parse_args(argv)
+
+    if args.render is not None:
+        rows = [json.loads(line) for path in args.render for line in Path(path).read_text().splitlines() if line]
+        text = render(rows)
+        print(text)
+        if args.append:
+            append_markdown(args.append, text)
+        return 0
+
+    started = time.perf_counter()
+    if args.time_budget:
+        _DEADLINE[0] = started + args.time_budget
+    if args.log:
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(args.log, "a")
+    args.sections = [s for s in args.sections.split(",") if s]
+    args.fix_variants = [f for f in args.fix_variants.split(",") if f and f != "none"]
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    args.decode_bs = [int(b) for b in args.decode_bs.split(",") if b]
+    if args.tiny:
+        device, dtype = torch.device("cpu"), torch.float32
+        args.seq = min(args.seq, 32)
+        args.reps, args.profile_batches, args.e2e_samples = min(args.reps, 2), 2, min(args.e2e_samples, 8)
+        args.e2e_bs, args.decode_steps, args.taylor_reps = min(args.e2e_bs, 4), min(args.decode_steps, 3), 1
+        args.batch_sizes = [b for b in args.batch_sizes if b <= 8] or [1]
+    else:
+        if not torch.cuda.is_available():
+            print("no CUDA device: run with --tiny for the CPU smoke test", file=sys.stderr)
+            return 2
+        device, dtype = torch.device("cuda"), torch.bfloat16
+    rec = Recorder(args.json_out)
+    env_row(rec, device, dtype)
+    clock = Clock(device)
+    sections = [s for s in ("profile", "prefill", "taylor", "e2e") if s in args.sections]
+    if "decode" in args.sections and "prefill" not in sections:
+        sections.insert(0, "prefill")
+        args.variants = ",".join(f"{t}:{s}:{m}" for t, s, m in [TARGET_VARIANT])
+        args.batch_sizes = []
+    bench = {"profile": bench_profile, "prefill": bench_prefill, "taylor": bench_taylor, "e2e": bench_e2e}
+    for name in [m for m in args.models.split(",") if m]:
+        if time_left() < args.min_section_s:
+            rec.add("skipped", model=name, what="all", why="time budget")
+            continue
+        say(f"== {name} ({time.perf_counter() - started:.0f} s in)")
+        try:
+            model, adapter, build_s = build_model(name, device, dtype, args.tiny)
+        except Exception as exc:
+            rec.add("error", model=name, what="build", error=repr(exc)[:300])
+            say(traceback.format_exc())
+            free_memory()
+            continue
+        shape = shape_of(name, args.tiny)
+        with torch.inference_mode():
+            probe = torch.randint(3, shape["vocab_size"], (1, 16), device=device)
+            finite = bool(torch.isfinite(model(input_ids=probe).logits).all())
+        from diet.prune import count_params
+        rec.add("model", model=name, params=count_params(model), build_s=build_s, finite=finite,
+                attn_implementation=model.config._attn_implementation,
+                shape={k: v for k, v in shape.items() if k != "family"})
+        say(f"  built in {build_s:.1f} s; {count_params(model) / 1e9:.2f} B params; attention "
+            f"{model.config._attn_implementation}; finite logits {finite}")
+        # e2e prunes; it runs second on a deep copy when one fits on the device, else last on the model itself
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        args.e2e_on_copy = device.type == "cpu" or torch.cuda.mem_get_info()[0] > 1.6 * model_bytes
+        order = (["profile", "e2e", "prefill", "taylor"] if args.e2e_on_copy else
+                 ["profile", "prefill", "taylor", "e2e"])
+        for section in [s for s in order if s in sections]:
+            if time_left() < args.min_section_s:
+                rec.add("skipped", model=name, what=section, why="time budget")
+                say(f"  skip {section}: time budget")
+                continue
+            t0 = time.perf_counter()
+            try:
+                if section == "e2e" and args.e2e_fix and args.fix_variants:
+                    bench_e2e(rec, name, model, adapter, device, clock, args, shape, fix=args.fix_variants[0])
+                bench[section](rec, name, model, adapter, device, clock, args, shape)
+            except Exception as exc:
+                rec.add("error", model=name, what=section, error=repr(exc)[:300])
+                say(traceback.format_exc())
+            free_memory()
+            say(f"  [{section} took {time.perf_counter() - t0:.1f} s]")
+        del model, adapter
+        free_memory()
+    text = render(rec.rows)
+    print(text)
+    if args.append:
+        append_markdown(args.append, text)
+    say(f"total {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
