@@ -20,7 +20,8 @@ Ratios are taken within each repeat (collect_r / plain_r) and the median over re
 Peak memory, two methods:
   alloc  torch's CPU allocator, through torch.profiler(profile_memory=True): the largest "Total Allocated" during
          one pass minus the value before it, i.e. the peak of live tensor bytes the pass itself allocated (weights
-         excluded). Exact and deterministic, blind to non-torch memory.
+         excluded). Exact and deterministic, but blind to non-torch memory and to freed memory that the C
+         allocator (glibc malloc) keeps resident, i.e. to heap fragmentation.
   rss    process level: each variant runs in fresh subprocesses (load model, build batches, fault in every weight
          page, read VmRSS, reset the peak with `echo 5 > /proc/self/clear_refs`, run one pass, read VmHWM),
          --rss-samples times for the long setting (once for the short one), two processes at a time. Reported as
