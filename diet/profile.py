@@ -24,30 +24,42 @@ TARGETS = ("mlp", "hidden")
 
 
 class _Accumulator:
-    """Holds the running sums of one hook point; `weights` is the current batch's flattened attention mask."""
+    """Holds the running sums of one hook point; `weights` is the current batch's flattened attention mask (0/1).
 
-    def __init__(self, batch_state: dict):
+    The sums are allocated before the forward pass and updated in place with one temporary per call: small tensors
+    born mid-forward would sit above the hook's large temporaries on the C heap and keep the process from giving that
+    memory back (measured: +0.9 GB of RSS on a 270M model at 8 x 256 tokens, with no change in live tensors).
+    """
+
+    def __init__(self, batch_state: dict, width: int, device: torch.device):
         self.batch_state = batch_state
-        self.sums: dict[str, torch.Tensor] | None = None
+        self.sums = {name: torch.zeros(1 if name == "count" else width, dtype=torch.float32, device=device)
+                     for name in STATS}
+        self.called = False
 
     def __call__(self, x: torch.Tensor) -> None:
         flat = x.reshape(-1, x.shape[-1]).float()
+        sums = self.sums
+        if sums["sum_abs"].device != flat.device:  # layer-by-layer offload: the layer runs away from its home
+            self.sums = sums = {name: t.to(flat.device) for name, t in sums.items()}
         weights = self.batch_state["weights"]
         if weights.device != flat.device:
             weights = weights.to(flat.device, non_blocking=True)
+        self.called = True
         magnitude = flat.abs()
-        batch = {
-            "sum_abs": weights @ magnitude,
-            "sum_sq": weights @ (flat * flat),
-            "max_abs": (magnitude * weights[:, None]).amax(dim=0),
-            "count": weights.sum().reshape(1),
-        }
-        if self.sums is None:
-            self.sums = batch
-        else:
-            for name in ("sum_abs", "sum_sq", "count"):
-                self.sums[name] += batch[name]
-            torch.maximum(self.sums["max_abs"], batch["max_abs"], out=self.sums["max_abs"])
+        sums["sum_abs"].addmv_(magnitude.t(), weights)
+        magnitude.mul_(weights[:, None])  # padding rows to 0; weights are 0/1, so w|x| squared is w x^2
+        torch.maximum(sums["max_abs"], magnitude.amax(dim=0), out=sums["max_abs"])
+        sums["sum_sq"].addmv_(magnitude.square_().t(), weights)
+        sums["count"] += weights.sum()
+
+
+def _home_device(module: torch.nn.Module) -> torch.device:
+    hook = getattr(module, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None and parameter.device.type != "meta" else torch.device("cpu")
 
 
 def hook_points(model, adapter, target: str) -> dict[str, torch.nn.Module]:
@@ -98,11 +110,16 @@ def input_device(model, adapter) -> torch.device:
 
 
 def _register(model, adapter, target: str, batch_state: dict):
-    accumulators = {name: _Accumulator(batch_state) for name in hook_points(model, adapter, target)}
+    points = hook_points(model, adapter, target)
+    hidden_size = adapter.hidden_size(model)
+    accumulators = {
+        name: _Accumulator(batch_state, module.in_features if target == "mlp" else hidden_size, _home_device(module))
+        for name, module in points.items()
+    }
     handles = [
         module.register_forward_pre_hook(
             lambda _m, args, kwargs, acc=accumulators[name]: acc(_first_input(args, kwargs)), with_kwargs=True)
-        for name, module in hook_points(model, adapter, target).items()
+        for name, module in points.items()
     ]
     return accumulators, handles
 
@@ -129,7 +146,7 @@ def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str,
     finally:
         for handle in handles:
             handle.remove()
-    return {name: acc.sums for name, acc in accumulators.items() if acc.sums is not None}
+    return {name: acc.sums for name, acc in accumulators.items() if acc.called}
 
 
 class _LayerInputs(torch.nn.Module):
@@ -205,7 +222,7 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
     finally:
         for handle in handles:
             handle.remove()
-    return {name: acc.sums for name, acc in accumulators.items() if acc.sums is not None}
+    return {name: acc.sums for name, acc in accumulators.items() if acc.called}
 
 
 def profile_texts(model, adapter, tokenizer, texts: list[str], target: str, *, max_length: int, batch_size: int,
