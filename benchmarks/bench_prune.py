@@ -12,14 +12,17 @@
 
 (b) Prefill of B x S random token ids (seed 0, no padding), float32, `torch.inference_mode`, for the dense model and
     for models pruned with `vote.random_masks(widths, sparsity, seed=0)` (speed does not depend on which dimensions
-    go). Every model, the dense reference included, is a deep copy of the loaded one (the loaded weights are an
-    mmap of the safetensors file; copies are anonymous memory). After one untimed batch-1 pass of every model:
+    go; `--multiple-of 1,64` adds models whose kept widths are multiples of 64). Every model, the dense reference
+    included, is a deep copy of the loaded one (the loaded weights are an mmap of the safetensors file; copies are
+    anonymous memory), and a second dense copy, `dense copy`, is timed like a pruned model: its ratio to `dense` is
+    the noise floor. After one untimed batch-1 pass of every model:
       decoder   `model.get_decoder()(input_ids, attention_mask, use_cache=False)`, all models interleaved with the
                 order rotated each repeat (--repeats); the ratio to dense is taken per repeat, median reported;
       LM head   `model.lm_head(h)` on that decoder output h (all B*S positions, as `model(...)` computes them;
                 Gemma-3 270M has no final logit soft-capping, so this is the only other work `model(...)` does),
-                interleaved the same way (--head-repeats). An mlp-pruned model's head is the dense head, so those
-                rows reuse the dense head's time.
+                interleaved the same way (--head-repeats) after one untimed dense head pass at that batch size (the
+                first 2 GiB logits allocation is slow). An mlp-pruned model's head is the dense head, so those rows
+                reuse the dense head's time.
       with LM head = (median decoder + median LM head) / the same for dense.
     FLOPs are analytic, from the actual weight shapes: 2 * in * out per token for every linear (q, k, v, o, gate,
     up, down; plus the LM head 2 * d * vocab per token for the "with LM head" columns), plus attention scores and
