@@ -21,13 +21,14 @@ def evaluate(model, tokenizer, tasks: list, *, device, batch_size=8, limit=None,
     """Returns {"metrics": {task: {acc, acc_stderr, acc_norm, acc_norm_stderr}}, "samples": ... or None}."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
+
+    from diet.tasks import evaluation_task_manager
 
     started = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
     output = lm_eval.simple_evaluate(
         model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-        task_manager=TaskManager(include_defaults=False),  # the tasks are built already; skip re-indexing 14k tasks
+        task_manager=evaluation_task_manager(),  # the tasks are built already; skip re-indexing 14k tasks
         bootstrap_iters=bootstrap_iters, log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
         torch_random_seed=seed, fewshot_random_seed=seed,
     )

@@ -1,8 +1,6 @@
 """load(cfg) -> LoadedModel: the model, its tokenizer, its family adapter and a fingerprint of its weights."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -11,6 +9,7 @@ from pathlib import Path
 import torch
 
 from diet import DietError
+from diet.cache import digest
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
 
         overrides = dict(model_cfg.config)
         model, tokenizer = tiny.build(model_cfg.family, overrides, seed=seed, dtype=dtype)
-        fingerprint = _hash({"tiny": model_cfg.family, "config": overrides, "seed": seed, "dtype": model_cfg.dtype})
+        fingerprint = digest({"tiny": model_cfg.family, "config": overrides, "seed": seed, "dtype": model_cfg.dtype})
     else:
         if source == "demo":
             from diet.models import demo
@@ -59,7 +58,7 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
             path = model_cfg.name_or_path
         device_map = model_cfg.get("device_map")
         model, tokenizer = _from_pretrained(path, model_cfg.revision, dtype, device_map)
-        fingerprint = _hash({"path": model_cfg.name_or_path, "revision": model_cfg.revision,
+        fingerprint = digest({"path": model_cfg.name_or_path, "revision": model_cfg.revision,
                              "commit": getattr(model.config, "_commit_hash", None),
                              "files": _local_weight_stamp(path), "dtype": model_cfg.dtype})
     adapter = get_adapter(model)
@@ -95,7 +94,3 @@ def _local_weight_stamp(path: str) -> list:
         return []
     return sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in folder.iterdir()
                   if f.suffix in (".safetensors", ".bin", ".json"))
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
