@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from diet import DietError
+from diet.profile import FUSED_CHOICES
 from diet.vote import SCOPES, SCORINGS, VOTE_METHODS
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -45,6 +46,8 @@ def validate(cfg: DictConfig) -> None:
     _require(_is_int(cfg.calib.batch_size) and cfg.calib.batch_size >= 1, "calib.batch_size", cfg.calib.batch_size,
              "an integer >= 1")
     _require(cfg.calib.source in CALIB_SOURCES, "calib.source", cfg.calib.source, ", ".join(CALIB_SOURCES))
+    _require(cfg.calib.fused_stats in FUSED_CHOICES, "calib.fused_stats", cfg.calib.fused_stats,
+             "auto (torch.compile on CUDA, eager elsewhere), true or false")
     threshold = cfg.vote.threshold
     _require(threshold is None or (_is_number(threshold) and 0 < threshold <= 1), "vote.threshold", threshold,
              "a fraction in (0, 1], or null for a strict majority")

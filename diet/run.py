@@ -61,12 +61,16 @@ def profile_stage(cfg, loaded, calib_sets: dict[str, calibration.CalibrationSet]
     """Statistics per calibration set, from the cache when an identical profile was computed before."""
     store = cache.Cache(cache_dir, "profile")
     stats, status = {}, {}
+    offload = bool(cfg.model.get("offload"))
+    device = models.resolve_device(cfg.device) if offload else profile.input_device(loaded.model, loaded.adapter)
+    fused = profile.use_fused(cfg.calib.fused_stats, device)
     for name, calib_set in calib_sets.items():
         key = {
             "model": loaded.fingerprint, "task": name, "n_samples": cfg.calib.n_samples, "seed": cfg.seed,
             "max_length": cfg.calib.max_length, "include_target": cfg.calib.include_target,
             "batch_size": cfg.calib.batch_size, "dtype": cfg.model.dtype, "target": cfg.prune.target,
             "texts_sha256": hashlib.sha256(json.dumps(calib_set.texts).encode()).hexdigest(),
+            "stats_kernel": "fused" if fused else "eager",  # the two round differently (~1e-6 relative)
             "diet": diet.__version__,
         }
         flat = store.load_tensors(key)
@@ -75,7 +79,7 @@ def profile_stage(cfg, loaded, calib_sets: dict[str, calibration.CalibrationSet]
             task_stats = profile.profile_texts(
                 loaded.model, loaded.adapter, loaded.tokenizer, calib_set.texts, cfg.prune.target,
                 max_length=cfg.calib.max_length, batch_size=cfg.calib.batch_size, desc=f"profile {name}",
-                layerwise_device=models.resolve_device(cfg.device) if cfg.model.get("offload") else None)
+                layerwise_device=device if offload else None, fused_stats=fused)
             flat = profile.flatten(task_stats)
             store.store_tensors(key, flat)
         log.info("profile cache: %s (%s)", status[name], name)

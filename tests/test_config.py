@@ -51,6 +51,7 @@ def test_any_task_list_and_checkpoint_path():
     ("eval.batch_size=big", "eval.batch_size: 'big' is not allowed; allowed: an integer >= 1 or auto"),
     ("tasks.names=[]", "tasks.names: [] is not allowed"),
     ("data.local_dir=/no/such/dir", "data.local_dir: '/no/such/dir' is not a folder"),
+    ("calib.fused_stats=sometimes", "calib.fused_stats: 'sometimes' is not allowed; allowed: auto (torch.compile on"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, message):
     with pytest.raises(DietError) as err:

@@ -124,3 +124,34 @@ def test_statistics_under_accelerate_offload_hooks_match(tiny_models):
     for point in plain:
         for stat in profile.STATS:
             torch.testing.assert_close(offloaded[point][stat], plain[point][stat], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_statistics_match_eager_on_padded_batches(tiny_models, dtype):
+    """The torch.compile path (the default on CUDA; forced here on the CPU) gives the eager path's statistics,
+    padding excluded, for both targets and in the reduced-precision dtype models run in on GPUs."""
+    model, tokenizer = tiny_models["tiny_gemma2"]
+    model = model.to(dtype)
+    adapter = get_adapter(model)
+    try:
+        for target in profile.TARGETS:
+            batches = profile.tokenize(tokenizer, TEXTS, 64, 3)
+            eager = profile.collect(model, adapter, batches, target, fused_stats=False)
+            fused = profile.collect(model, adapter, batches, target, fused_stats=True)
+            assert sorted(fused) == sorted(eager)
+            for point in eager:
+                for stat in profile.STATS:
+                    assert fused[point][stat].dtype == torch.float32
+                    torch.testing.assert_close(fused[point][stat], eager[point][stat], rtol=1e-5, atol=1e-6)
+            assert fused["hidden.0" if target == "hidden" else "mlp.0"]["count"].item() == sum(
+                len(tokenizer(t)["input_ids"]) for t in TEXTS)
+    finally:
+        model.to(torch.float32)
+
+
+def test_fused_stats_setting_resolves_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert profile.use_fused("auto", cpu) is False and profile.use_fused("auto", cuda) is True
+    assert profile.use_fused(True, cpu) is True and profile.use_fused(False, cuda) is False
+    with pytest.raises(ValueError, match="fused_stats: 'yes'"):
+        profile.use_fused("yes", cpu)
