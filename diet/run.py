@@ -87,10 +87,22 @@ def profile_stage(cfg, loaded, calib_sets: dict[str, calibration.CalibrationSet]
     return stats, status
 
 
+def gpu_alignment_warning(device: torch.device, multiple_of: int) -> str | None:
+    """Unaligned kept widths (11469 of 14336, say) ran 2-3.4x slower than the dense model on an H100 in bf16."""
+    if device.type != "cuda" or multiple_of % 64 == 0:
+        return None
+    return (f"prune.multiple_of={multiple_of} on a GPU: kept widths that are not multiples of 64 made pruned "
+            "gemma2_9b / llama3_8b 2-3.4x slower than dense on an H100 (docs/benchmarks.md); "
+            "prune.multiple_of=128 is recommended here")
+
+
 def vote_stage(cfg, loaded, stats: dict, group_widths: dict[str, int]):
     """(final masks, per-task masks, vote counts per group, mean normalised score per group or None)."""
     target = cfg.prune.target
     multiple_of = cfg.prune.multiple_of
+    warning = gpu_alignment_warning(profile.input_device(loaded.model, loaded.adapter), multiple_of)
+    if warning:
+        log.warning(warning)
     if target == "hidden":
         # transformers refuses to save or load a config whose hidden_size is not a multiple of num_attention_heads
         # (head_dim is explicit after pruning, so only that check needs it)

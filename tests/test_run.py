@@ -189,3 +189,13 @@ def test_lm_eval_command_line_loads_the_saved_pruned_model(tmp_path):
     ours = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]["demo_sums"]["acc"]
     (saved,) = (tmp_path / "lm_eval_out").rglob("results_*.json")
     assert json.loads(saved.read_text())["results"]["demo_sums"]["acc,none"] == pytest.approx(ours)
+
+
+def test_unaligned_widths_warn_on_gpu_only():
+    from diet.run import gpu_alignment_warning
+
+    cuda = torch.device("cuda", 0)
+    assert gpu_alignment_warning(torch.device("cpu"), 1) is None
+    assert gpu_alignment_warning(cuda, 128) is None and gpu_alignment_warning(cuda, 64) is None
+    message = gpu_alignment_warning(cuda, 8)
+    assert message.startswith("prune.multiple_of=8 on a GPU") and "prune.multiple_of=128 is recommended" in message
