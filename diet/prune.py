@@ -195,6 +195,11 @@ def _prune_hidden(model: nn.Module, adapter: Adapter, indices: torch.Tensor) -> 
 @torch.no_grad()
 def prune_model(model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target: str) -> nn.Module:
     """Remove the dimensions whose mask entry is False, in place; returns `model`. See the module docstring."""
+    offloaded = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    if offloaded:  # accelerate keeps their values elsewhere and would page the unpruned ones back in
+        raise DietError(f"prune: {len(offloaded)} weights (e.g. {offloaded[0]}) are offloaded by model.device_map "
+                        "(meta device); allowed: a device map that fits the GPUs, or model.offload=true (the model "
+                        "stays in CPU memory, is profiled one layer at a time and pruned in place)")
     kept = _kept_indices(model, adapter, masks, target)
     if target == "mlp":
         _set_mlp_width(model, adapter, [kept[f"mlp.{i}"] for i in range(len(kept))])

@@ -155,3 +155,50 @@ def test_fused_stats_setting_resolves_per_device():
     assert profile.use_fused(True, cpu) is True and profile.use_fused(False, cuda) is False
     with pytest.raises(ValueError, match="fused_stats: 'yes'"):
         profile.use_fused("yes", cpu)
+
+
+@pytest.mark.parametrize("target", ["mlp", "hidden"])
+def test_model_split_over_two_devices_gives_identical_statistics_masks_and_pruned_logits(tiny_models, target):
+    """A model dispatched by accelerate over two devices (layer 0 on the first, the rest on the second; the CPU
+    stands in for the second GPU when there is none, with the same device hooks moving activations between them)
+    profiles, votes and prunes exactly like the single-device model."""
+    import copy
+
+    from accelerate import dispatch_model
+
+    from diet.prune import prune_model
+    from diet.vote import build_masks, group_scores
+
+    model, tokenizer = tiny_models["tiny_llama"]
+    devices = ["cpu", "cuda:0" if torch.cuda.is_available() else "cpu"]
+    device_map = {"model.embed_tokens": devices[0], "model.rotary_emb": devices[0], "model.layers.0": devices[0],
+                  "model.layers.1": devices[1], "model.norm": devices[1], "lm_head": devices[1]}
+    split = dispatch_model(copy.deepcopy(model), device_map=device_map, main_device=devices[0], force_hooks=True)
+    assert hasattr(split.model.layers[1], "_hf_hook")  # activations really pass through accelerate's device hooks
+
+    def pipeline(m):
+        adapter = get_adapter(m)
+        per_task = {name: profile.profile_texts(m, adapter, tokenizer, texts, target, max_length=64, batch_size=2)
+                    for name, texts in (("a", TEXTS[:3]), ("b", TEXTS[2:]), ("c", TEXTS[::2]))}
+        scores = {name: group_scores({p: {k: v.cpu() for k, v in s.items()} for p, s in stats.items()}, "act_l2",
+                                     target) for name, stats in per_task.items()}
+        masks, _, _ = build_masks(scores, sparsity=0.25, target=target, multiple_of=4)
+        return per_task, masks
+
+    single_stats, single_masks = pipeline(model)
+    split_stats, split_masks = pipeline(split)
+    for task in single_stats:
+        for point in single_stats[task]:
+            for stat in profile.STATS:
+                torch.testing.assert_close(split_stats[task][point][stat].cpu(), single_stats[task][point][stat],
+                                           rtol=1e-5, atol=1e-6)
+    assert single_masks.keys() == split_masks.keys()
+    assert all(torch.equal(single_masks[k], split_masks[k]) for k in single_masks)
+
+    ids = tokenizer(TEXTS[2], return_tensors="pt")["input_ids"]
+    pruned_single = prune_model(copy.deepcopy(model), get_adapter(model), single_masks, target)
+    pruned_split = prune_model(split, get_adapter(split), split_masks, target)  # in place, each weight where it lives
+    assert split.model.layers[1].mlp.down_proj.weight.device.type == torch.device(devices[1]).type
+    with torch.no_grad():
+        torch.testing.assert_close(pruned_split(input_ids=ids).logits.cpu(), pruned_single(input_ids=ids).logits,
+                                   rtol=1e-5, atol=1e-5)

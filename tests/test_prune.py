@@ -329,3 +329,15 @@ def test_unsupported_architecture_is_a_diet_error():
 def test_load_pruned_of_a_folder_without_a_model_is_a_diet_error(tmp_path):
     with pytest.raises(DietError, match="has no config.json; expected a folder written by save_pruned"):
         load_pruned(tmp_path / "nowhere")
+
+
+def test_pruning_a_model_with_offloaded_weights_is_a_one_line_error():
+    from accelerate import cpu_offload
+
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+    offloaded = cpu_offload(model, execution_device=torch.device("cpu"))
+    masks = {f"mlp.{i}": torch.ones(INTERMEDIATE, dtype=torch.bool) for i in range(LAYERS)}
+    with pytest.raises(DietError) as err:
+        prune_model(offloaded, get_adapter(offloaded), masks, "mlp")
+    assert str(err.value).startswith("prune: ") and "offloaded by model.device_map" in str(err.value)
+    assert "model.offload=true" in str(err.value) and "\n" not in str(err.value)
