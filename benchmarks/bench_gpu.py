@@ -1,20 +1,20 @@
 #!/usr/bin/env python
-"""GPU benchmarks of DIET's stages on real model shapes with random weights (nothing is downloaded).
+"""Benchmarks of DIET's stages on real model shapes: GPU (bf16) when there is one, else the CPU (float32).
 
-Models are built from configs carrying the published shapes (gemma-2-2b/9b/27b, Llama-3-8B), directly on the GPU in
-bf16 (transformers' own init, run on the device: normal(0, 0.02) weights, norms at their defaults); inputs are random
-token ids with full attention masks. Every timing is CUDA-synchronised (CUDA events around the region), follows
-warm-ups and is the median of several repeats; variants that are compared are interleaved repeat by repeat.
+Models are built from configs carrying the published shapes (gemma-2-2b/9b/27b, Llama-3-8B), directly on the device
+(transformers' own init, run on the device: normal(0, 0.02) weights, norms at their defaults; nothing is downloaded),
+or, for `gemma3_270m`, loaded with their real weights from the offline demo checkpoint (`--cache-dir`). Inputs are
+random token ids with full attention masks. GPU timings are CUDA-synchronised (CUDA events around the region); every
+figure follows warm-ups and is the median of several repeats; compared variants are interleaved repeat by repeat.
 
 Sections (`--sections`):
   profile  `diet.profile.collect` (target mlp and hidden) vs the same decoder forward passes without hooks: time
-           ratio, tokens/s, peak-memory ratio (torch.cuda.max_memory_allocated, reset before every timed call).
-           `--fix-variants` adds prototypes of a cheaper accumulator (swapped in for `diet.profile._Accumulator`
-           inside this process only; diet/ is untouched): `triton` (one fused pass over the bf16 activation,
-           deterministic per-block partials) and `compiled` (the same statistics through torch.compile).
-  e2e      profile (7 tasks x 100 samples x 512 tokens by default) + `vote.group_scores` + `vote.build_masks` +
-           `prune.prune_model`, target mlp, each stage's seconds. It prunes, so it runs on a deep copy right after
-           `profile` when a copy fits on the device, and last, on the model itself, when not.
+           ratio, tokens/s, peak-memory ratio (torch.cuda.max_memory_allocated, reset before every timed call; GPU
+           only). `--stats` picks the statistics kernels to time: `eager` and `fused` (`calib.fused_stats`, the
+           torch.compile path, diet's default on CUDA); the fused statistics are checked against the eager ones.
+  e2e      profile (7 tasks x 100 samples x 512 tokens by default, diet's default statistics kernel for the device)
+           + `vote.group_scores` + `vote.build_masks` + `prune.prune_model`, target mlp, each stage's seconds. It
+           prunes, so it runs on a deep copy right after `profile` when a copy fits, and last, in place, when not.
   prefill  dense vs pruned forward at several batch sizes: decoder + LM head (full logits, as lm-eval scores them)
            and decoder only; pruned copies come from `vote.random_masks` + `prune.prune_model`; parameter and
            analytic FLOP ratios beside the measured speed-up.
@@ -24,19 +24,17 @@ Sections (`--sections`):
 
 Examples:
   python benchmarks/bench_gpu.py --tiny                     # CPU smoke test with tiny shapes (float32)
+  python benchmarks/bench_gpu.py --models gemma3_270m --device cpu --sections taylor,e2e --cache-dir /tmp/demo_cache
   python benchmarks/bench_gpu.py --models gemma2_9b --sections profile,prefill,e2e --append docs/benchmarks.md
   python benchmarks/bench_gpu.py --render a.jsonl b.jsonl --append docs/benchmarks.md   # tables from saved runs
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
 import gc
 import json
-import math
-import os
 import platform
 import shlex
 import statistics
@@ -63,6 +61,9 @@ SHAPES = {
                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256,
                       rms_norm_eps=1e-5, tie_word_embeddings=False),
 }
+REAL_WEIGHTS = ("gemma3_270m",)  # loaded from the offline demo checkpoint (diet.models.demo), not built
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "vocab_size")
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, vocab_size=512)
 # Models too large for a dense + pruned copy on one 80 GB card: prefill is measured dense, then pruned in place.
@@ -167,21 +168,29 @@ def shape_of(name: str, tiny: bool) -> dict:
     return shape
 
 
-def build_model(name: str, device: torch.device, dtype: torch.dtype, tiny: bool):
+def build_model(name: str, device: torch.device, dtype: torch.dtype, tiny: bool, cache_dir: str):
+    """(model, adapter, seconds, shape): the shapes' FLOP analytics read `shape` (published shapes, or the config)."""
     import transformers
     from diet.models.adapters import get_adapter
 
-    shape = shape_of(name, tiny)
-    family = shape.pop("family")
-    config = transformers.AutoConfig.for_model(family, max_position_embeddings=8192, pad_token_id=0,
-                                               bos_token_id=2, eos_token_id=1, **shape)
     started = time.perf_counter()
-    with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if name in REAL_WEIGHTS and not tiny:
+        from diet.models import demo
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(demo.checkpoint(cache_dir), dtype=dtype)
+        model.to(device)
+        shape = {k: getattr(model.config, k) for k in SHAPE_KEYS}
+    else:
+        shape = shape_of(name, tiny)
+        config_args = {k: v for k, v in shape.items() if k != "family"}
+        config = transformers.AutoConfig.for_model(shape["family"], max_position_embeddings=8192, pad_token_id=0,
+                                                   bos_token_id=2, eos_token_id=1, **config_args)
+        with torch.device(device):
+            model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return model, get_adapter(model), time.perf_counter() - started
+    return model, get_adapter(model), time.perf_counter() - started, shape
 
 
 def random_ids(n: int, seq: int, vocab: int, seed: int) -> torch.Tensor:
@@ -222,130 +231,7 @@ def model_widths(model, adapter) -> tuple[list[int], int]:
     return adapter.intermediate_sizes(model), adapter.hidden_size(model)
 
 
-# ----------------------------------------------------------------------------------- accumulator prototypes (fix)
-
-_TRITON_KERNEL = None
-
-
-def _triton_kernel():
-    global _TRITON_KERNEL
-    if _TRITON_KERNEL is None:
-        import triton
-        import triton.language as tl
-
-        @triton.jit
-        def column_stats(x_ptr, w_ptr, out_ptr, n_rows, n_cols, stride_row,
-                         ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-            """Program (d, r): columns d*BLOCK_D.., rows r*ROWS..; writes its partial sum |x| w, sum x^2 w and
-            max |x| w to out[r, 0..2, cols] (reduced over r afterwards, in a fixed order: deterministic)."""
-            pid_d = tl.program_id(0)
-            pid_r = tl.program_id(1)
-            cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-            col_ok = cols < n_cols
-            acc_abs = tl.zeros([BLOCK_D], dtype=tl.float32)
-            acc_sq = tl.zeros([BLOCK_D], dtype=tl.float32)
-            acc_max = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for i in range(0, ROWS, BLOCK_N):
-                rows = pid_r * ROWS + i + tl.arange(0, BLOCK_N)
-                row_ok = rows < n_rows
-                offsets = rows[:, None].to(tl.int64) * stride_row + cols[None, :]
-                x = tl.load(x_ptr + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
-                w = tl.load(w_ptr + rows, mask=row_ok, other=0.0)
-                a = tl.abs(x) * w[:, None]
-                acc_abs += tl.sum(a, axis=0)
-                acc_sq += tl.sum(x * x * w[:, None], axis=0)
-                acc_max = tl.maximum(acc_max, tl.max(a, axis=0))
-            base = out_ptr + pid_r * 3 * n_cols
-            tl.store(base + cols, acc_abs, mask=col_ok)
-            tl.store(base + n_cols + cols, acc_sq, mask=col_ok)
-            tl.store(base + 2 * n_cols + cols, acc_max, mask=col_ok)
-
-        _TRITON_KERNEL = column_stats
-    return _TRITON_KERNEL
-
-
-def triton_stats(flat: torch.Tensor, weights: torch.Tensor, rows: int = 256, block_n: int = 32,
-                 block_d: int = 128) -> dict[str, torch.Tensor]:
-    import triton
-
-    flat = flat if flat.stride(-1) == 1 else flat.contiguous()
-    n, d = flat.shape
-    n_blocks = triton.cdiv(n, rows)
-    partial = torch.empty((n_blocks, 3, d), dtype=torch.float32, device=flat.device)
-    _triton_kernel()[(triton.cdiv(d, block_d), n_blocks)](
-        flat, weights, partial, n, d, flat.stride(0), ROWS=rows, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
-    return {"sum_abs": partial[:, 0].sum(dim=0), "sum_sq": partial[:, 1].sum(dim=0),
-            "max_abs": partial[:, 2].amax(dim=0), "count": weights.sum().reshape(1)}
-
-
-def _eager_stats(x: torch.Tensor, weights: torch.Tensor):
-    flat = x.reshape(-1, x.shape[-1]).float()
-    magnitude = flat.abs()
-    w = weights[:, None]
-    return (magnitude * w).sum(dim=0), (flat * flat * w).sum(dim=0), (magnitude * w).amax(dim=0)
-
-
-_COMPILED = None
-
-
-def compiled_stats(x: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(_eager_stats, dynamic=True, fullgraph=True)
-    sum_abs, sum_sq, max_abs = _COMPILED(x, weights)
-    return {"sum_abs": sum_abs, "sum_sq": sum_sq, "max_abs": max_abs, "count": weights.sum().reshape(1)}
-
-
-class _PrototypeAccumulator:
-    """Same contract as `diet.profile._Accumulator`; only the per-batch statistics are computed differently."""
-
-    def __init__(self, batch_state: dict):
-        self.batch_state = batch_state
-        self.sums = None
-
-    def batch_stats(self, x: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def __call__(self, x: torch.Tensor) -> None:
-        weights = self.batch_state["weights"]
-        if weights.device != x.device:
-            weights = weights.to(x.device, non_blocking=True)
-        batch = self.batch_stats(x, weights)
-        if self.sums is None:
-            self.sums = batch
-        else:
-            for name in ("sum_abs", "sum_sq", "count"):
-                self.sums[name] += batch[name]
-            torch.maximum(self.sums["max_abs"], batch["max_abs"], out=self.sums["max_abs"])
-
-
-class TritonAccumulator(_PrototypeAccumulator):
-    def batch_stats(self, x, weights):
-        return triton_stats(x.reshape(-1, x.shape[-1]), weights)
-
-
-class CompiledAccumulator(_PrototypeAccumulator):
-    def batch_stats(self, x, weights):
-        return compiled_stats(x, weights)
-
-
-FIX_VARIANTS = {"triton": TritonAccumulator, "compiled": CompiledAccumulator}
-
-
-@contextlib.contextmanager
-def accumulator(cls):
-    import diet.profile as profile
-
-    if cls is None:
-        yield
-        return
-    original = profile._Accumulator
-    profile._Accumulator = cls
-    try:
-        yield
-    finally:
-        profile._Accumulator = original
-
+# ------------------------------------------------------------------------------------------------ checks
 
 def max_rel_diff(a: dict, b: dict) -> float:
     worst = 0.0
@@ -372,30 +258,21 @@ def bench_profile(rec, name, model, adapter, device, clock, args, shape):
                 decoder(input_ids=batch["input_ids"].to(device, non_blocking=True),
                         attention_mask=batch["attention_mask"].to(device, non_blocking=True), use_cache=False)
 
-    def run_collect(target, cls=None):
-        def fn():
-            with accumulator(cls):
-                return collect(model, adapter, batches, target)
-        return fn
+    def run_collect(target, kernel):
+        return lambda: collect(model, adapter, batches, target, fused_stats=kernel == "fused")
 
-    fns = {"no hooks": no_hooks, "collect mlp": run_collect("mlp"), "collect hidden": run_collect("hidden")}
-    for fix in args.fix_variants:
-        cls = FIX_VARIANTS[fix]
+    fns = {"no hooks": no_hooks}
+    for kernel in args.stats:
         for target in ("mlp", "hidden"):
-            try:  # first call: compile (triton JIT / inductor) and check the statistics against diet's own
+            if kernel == "fused":  # first call compiles; check the statistics against the eager kernel's
                 t0 = time.perf_counter()
-                with accumulator(cls):
-                    got = collect(model, adapter, batches[:1], target)
+                got = collect(model, adapter, batches[:1], target, fused_stats=True)
                 clock.sync()
                 first_s = time.perf_counter() - t0
-                ref = collect(model, adapter, batches[:1], target)
-                diff = max_rel_diff(got, ref)
-                rec.add("fix_check", model=name, fix=fix, target=target, first_call_s=first_s, max_rel_diff=diff)
-                say(f"  fix {fix} {target}: first call {first_s:.2f} s, max rel diff vs diet {diff:.2e}")
-                fns[f"collect {target} [{fix}]"] = run_collect(target, cls)
-            except Exception as exc:  # a prototype that fails is reported, the rest goes on
-                rec.add("fix_check", model=name, fix=fix, target=target, error=repr(exc)[:300])
-                say(f"  fix {fix} {target} FAILED: {exc!r}"[:400])
+                diff = max_rel_diff(got, collect(model, adapter, batches[:1], target, fused_stats=False))
+                rec.add("stats_check", model=name, target=target, first_call_s=first_s, max_rel_diff=diff)
+                say(f"  fused {target}: first call {first_s:.2f} s, max rel diff vs eager {diff:.2e}")
+            fns[f"collect {target} [{kernel}]"] = run_collect(target, kernel)
     results = interleaved(clock, fns, reps=args.reps, warmup=1)
     base = results["no hooks"]
     for variant, r in results.items():
@@ -408,8 +285,8 @@ def bench_profile(rec, name, model, adapter, device, clock, args, shape):
             f"{row['tokens_per_s']:.0f} tok/s  peak {row['peak_gb']:.2f} GB")
 
 
-def bench_e2e(rec, name, model, adapter, device, clock, args, shape, fix=None):
-    from diet.profile import collect
+def bench_e2e(rec, name, model, adapter, device, clock, args, shape):
+    from diet.profile import collect, use_fused
     from diet.prune import count_params, prune_model
     from diet.vote import achieved_sparsity, build_masks, group_scores
 
@@ -418,27 +295,21 @@ def bench_e2e(rec, name, model, adapter, device, clock, args, shape, fix=None):
              for t in range(args.e2e_tasks)}
     tokens = sum(int(b["attention_mask"].sum()) for bl in tasks.values() for b in bl)
     params_dense = count_params(model)
-    label = "diet" if fix is None else f"diet + {fix} accumulator"
-    if fix is None and getattr(args, "e2e_on_copy", False):
+    label = f"diet ({'fused' if use_fused('auto', device) else 'eager'} stats)"
+    if getattr(args, "e2e_on_copy", False):
         model = copy.deepcopy(model)  # the caller's dense model stays intact for the sections after this one
     clock.sync()
     t0 = time.perf_counter()
-    with accumulator(FIX_VARIANTS[fix] if fix else None):
-        stats = {task: collect(model, adapter, batches, "mlp", desc=task) for task, batches in tasks.items()}
+    stats = {task: collect(model, adapter, batches, "mlp", desc=task) for task, batches in tasks.items()}
     clock.sync()
     t1 = time.perf_counter()
-    if fix is not None:  # profile stage only: the masks and the pruning are the same code
-        rec.add("e2e", model=name, variant=label, tasks=len(tasks), samples=args.e2e_samples, seq=args.seq,
-                batch=bs, tokens=tokens, profile_s=t1 - t0)
-        say(f"  e2e [{label}] profile {t1 - t0:.2f} s")
-        return
     scores = {task: group_scores(s, "act_l2", "mlp") for task, s in stats.items()}
     masks, _, _ = build_masks(scores, sparsity=args.e2e_sparsity, target="mlp")
     t2 = time.perf_counter()
     prune_model(model, adapter, masks, "mlp")
     clock.sync()
     t3 = time.perf_counter()
-    row = rec.add("e2e", model=name, variant=label, tasks=len(tasks), samples=args.e2e_samples, seq=args.seq,
+    row = rec.add("e2e", model=name, variant=label, device=device.type, tasks=len(tasks), samples=args.e2e_samples, seq=args.seq,
                   batch=bs, tokens=tokens, profile_s=t1 - t0, vote_s=t2 - t1, prune_s=t3 - t2, total_s=t3 - t0,
                   sparsity=achieved_sparsity(masks), params_ratio=count_params(model) / params_dense)
     say(f"  e2e profile {row['profile_s']:.2f} s, vote {row['vote_s']:.2f} s, prune {row['prune_s']:.2f} s, "
@@ -637,7 +508,7 @@ def render(rows: list[dict]) -> str:
     out = []
     if env:
         e = env[0]
-        out.append(f"## GPU benchmarks ({e['date']}, {e['device']})\n")
+        out.append(f"## Model benchmarks ({e['date']}, {e['device']})\n")
         out.append(f"- device: {e['device']}; torch {e['torch']} (CUDA {e['cuda']}); transformers "
                    f"{e['transformers']}; python {e['python']}; dtype {e['dtype']}")
         for other in env[1:]:
@@ -650,15 +521,17 @@ def render(rows: list[dict]) -> str:
         for m in models:
             out.append(f"- {m['model']}: {m['params'] / 1e9:.2f} B parameters, attention "
                        f"`{m['attn_implementation']}`, built in {m['build_s']:.1f} s, finite logits: {m['finite']}")
-        out.append("- random weights (transformers' init on the device) and random token ids with full attention "
-                   "masks; CUDA-event timings, medians of the repeats after a warm-up; compared variants "
-                   "interleaved repeat by repeat unless marked otherwise.\n")
+        out.append("- weights: random (transformers' init on the device) for the published shapes, real for "
+                   "gemma3_270m; random token ids with full attention masks; medians of the repeats after a warm-up "
+                   "(CUDA-event timings on GPUs); compared variants interleaved repeat by repeat unless marked "
+                   "otherwise.\n")
 
     prof = [r for r in rows if r["kind"] == "profile"]
     if prof:
         out.append("### Profiling overhead: `diet.profile.collect` vs the same decoder passes without hooks\n")
-        out.append("Target: time ratio <= 1.05x. `[triton]` / `[compiled]` rows are prototypes of a fused "
-                   "accumulator swapped in by the benchmark (not in diet/).\n")
+        out.append("Target (GPU): time ratio <= 1.05x. `[eager]`: float32 copy of each activation, then abs, matmul "
+                   "and max; `[fused]`: the same statistics through torch.compile (`calib.fused_stats`, the default "
+                   "on CUDA).\n")
         out.append("| model | batch x seq x batches | variant | median s | tokens/s | time ratio | peak GB | "
                    "peak ratio | <= 1.05x |")
         out.append("|---|---|---|---|---|---|---|---|---|")
@@ -667,25 +540,22 @@ def render(rows: list[dict]) -> str:
             out.append(f"| {r['model']} | {r['batch']} x {r['seq']} x {r['batches']} | {r['variant']} | "
                        f"{r['median_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f} | {r['peak_gb']:.2f} | "
                        f"{_f(r['peak_ratio'])} | {ok} |")
-        checks = [r for r in rows if r["kind"] == "fix_check"]
+        checks = [r for r in rows if r["kind"] == "stats_check"]
         if checks:
             out.append("")
-            out.append("Prototype checks (first call includes JIT compilation; statistics compared with diet's on "
-                       "one batch):\n")
-            out.append("| model | prototype | target | first call s | max rel diff vs diet |")
-            out.append("|---|---|---|---|---|")
+            out.append("Fused kernel checks (the first call includes compilation; statistics compared with the eager "
+                       "kernel's on one batch):\n")
+            out.append("| model | target | first call s | max rel diff vs eager |")
+            out.append("|---|---|---|---|")
             for r in checks:
-                if "error" in r:
-                    out.append(f"| {r['model']} | {r['fix']} | {r['target']} | failed: {r['error'][:80]} | |")
-                else:
-                    out.append(f"| {r['model']} | {r['fix']} | {r['target']} | {r['first_call_s']:.2f} | "
-                               f"{r['max_rel_diff']:.1e} |")
+                out.append(f"| {r['model']} | {r['target']} | {r['first_call_s']:.2f} | {r['max_rel_diff']:.1e} |")
         out.append("")
 
     e2e = [r for r in rows if r["kind"] == "e2e"]
     if e2e:
         out.append("### End to end: profile + vote + prune (target mlp, act_l2, majority, scope=layer)\n")
-        out.append("Target: under 60 s on one H100 (model construction not included).\n")
+        out.append("Target: under 60 s on one H100 (model construction not included; the verdict applies to GPU "
+                   "rows only).\n")
         out.append("| model | variant | tasks x samples x seq | batch | tokens | profile s | vote s | prune s | "
                    "total s | < 60 s |")
         out.append("|---|---|---|---|---|---|---|---|---|---|")
@@ -694,7 +564,7 @@ def render(rows: list[dict]) -> str:
             out.append(f"| {r['model']} | {r['variant']} | {r['tasks']} x {r['samples']} x {r['seq']} | "
                        f"{r['batch']} | {r['tokens']:,} | {r['profile_s']:.2f} | {_f(r.get('vote_s'), '{:.2f}')} | "
                        f"{_f(r.get('prune_s'), '{:.2f}')} | {_f(total, '{:.2f}')} | "
-                       f"{'' if total is None else ('yes' if total < 60 else 'no')} |")
+                       f"{'' if total is None or r.get('device') == 'cpu' else ('yes' if total < 60 else 'no')} |")
         out.append("")
 
     pre = [r for r in rows if r["kind"] == "prefill"]
@@ -783,20 +653,22 @@ def append_markdown(path: str, text: str) -> None:
 def main(argv=None) -> int:
     global log_file
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="gemma2_9b", help=f"comma list of {', '.join(SHAPES)}")
+    p.add_argument("--models", default="gemma2_9b", help=f"comma list of {', '.join([*SHAPES, *REAL_WEIGHTS])}")
+    p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cuda or cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--cache-dir", default="outputs/cache", help="holds the converted gemma3_270m checkpoint")
     p.add_argument("--sections", default="profile,prefill,decode,e2e",
                    help="comma list of profile, prefill, decode, taylor, e2e")
-    p.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU in float32 (a smoke test)")
+    p.add_argument("--tiny", action="store_true", help="tiny random shapes on the CPU in float32 (a smoke test)")
     p.add_argument("--seq", type=int, default=512, help="tokens per sample (prefill length; decode cache length)")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--profile-bs", type=int, default=0, help="profiling batch size (default 16; 4 for gemma2_27b)")
     p.add_argument("--profile-batches", type=int, default=4)
-    p.add_argument("--fix-variants", default="triton", help="comma list of triton, compiled, or none")
+    p.add_argument("--stats", default="eager,fused", help="statistics kernels the profile section times")
     p.add_argument("--e2e-tasks", type=int, default=7)
     p.add_argument("--e2e-samples", type=int, default=100)
     p.add_argument("--e2e-bs", type=int, default=16)
     p.add_argument("--e2e-sparsity", type=float, default=0.2)
-    p.add_argument("--e2e-fix", action="store_true", help="also time the e2e profile stage with the first fix variant")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="target:sparsity:multiple_of,...")
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--decode-bs", default="1,8")
@@ -827,7 +699,17 @@ def main(argv=None) -> int:
         Path(args.log).parent.mkdir(parents=True, exist_ok=True)
         log_file = open(args.log, "a")
     args.sections = [s for s in args.sections.split(",") if s]
-    args.fix_variants = [f for f in args.fix_variants.split(",") if f and f != "none"]
+    args.stats = [k for k in args.stats.split(",") if k]
+    unknown = [k for k in args.stats if k not in ("eager", "fused")]
+    models = [m for m in args.models.split(",") if m]
+    unknown_models = [m for m in models if m not in SHAPES and m not in REAL_WEIGHTS]
+    if unknown or unknown_models:
+        print(f"bench_gpu: error: unknown {'--stats' if unknown else '--models'} value(s) "
+              f"{unknown or unknown_models}; allowed: {'eager, fused' if unknown else ', '.join([*SHAPES, *REAL_WEIGHTS])}",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     args.decode_bs = [int(b) for b in args.decode_bs.split(",") if b]
     if args.tiny:
@@ -837,10 +719,19 @@ def main(argv=None) -> int:
         args.e2e_bs, args.decode_steps, args.taylor_reps = min(args.e2e_bs, 4), min(args.decode_steps, 3), 1
         args.batch_sizes = [b for b in args.batch_sizes if b <= 8] or [1]
     else:
-        if not torch.cuda.is_available():
-            print("no CUDA device: run with --tiny for the CPU smoke test", file=sys.stderr)
+        want = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if want == "cuda" and not torch.cuda.is_available():
+            print("bench_gpu: error: --device cuda: no CUDA device here; allowed: --device cpu (gemma3_270m) or --tiny",
+                  file=sys.stderr)
             return 2
-        device, dtype = torch.device("cuda"), torch.bfloat16
+        too_big = [m for m in models if m not in REAL_WEIGHTS]
+        if want == "cpu" and too_big:
+            print(f"bench_gpu: error: --models {','.join(too_big)} on the CPU: billions of float32 parameters do not "
+                  f"fit this machine; allowed on the CPU: {', '.join(REAL_WEIGHTS)} (real weights) or --tiny",
+                  file=sys.stderr)
+            return 2
+        device = torch.device(want)
+        dtype = torch.bfloat16 if want == "cuda" else torch.float32
     rec = Recorder(args.json_out)
     env_row(rec, device, dtype)
     clock = Clock(device)
@@ -850,19 +741,18 @@ def main(argv=None) -> int:
         args.variants = ",".join(f"{t}:{s}:{m}" for t, s, m in [TARGET_VARIANT])
         args.batch_sizes = []
     bench = {"profile": bench_profile, "prefill": bench_prefill, "taylor": bench_taylor, "e2e": bench_e2e}
-    for name in [m for m in args.models.split(",") if m]:
+    for name in models:
         if time_left() < args.min_section_s:
             rec.add("skipped", model=name, what="all", why="time budget")
             continue
         say(f"== {name} ({time.perf_counter() - started:.0f} s in)")
         try:
-            model, adapter, build_s = build_model(name, device, dtype, args.tiny)
+            model, adapter, build_s, shape = build_model(name, device, dtype, args.tiny, args.cache_dir)
         except Exception as exc:
             rec.add("error", model=name, what="build", error=repr(exc)[:300])
             say(traceback.format_exc())
             free_memory()
             continue
-        shape = shape_of(name, args.tiny)
         with torch.inference_mode():
             probe = torch.randint(3, shape["vocab_size"], (1, 16), device=device)
             finite = bool(torch.isfinite(model(input_ids=probe).logits).all())
@@ -884,8 +774,6 @@ def main(argv=None) -> int:
                 continue
             t0 = time.perf_counter()
             try:
-                if section == "e2e" and args.e2e_fix and args.fix_variants:
-                    bench_e2e(rec, name, model, adapter, device, clock, args, shape, fix=args.fix_variants[0])
                 bench[section](rec, name, model, adapter, device, clock, args, shape)
             except Exception as exc:
                 rec.add("error", model=name, what=section, error=repr(exc)[:300])

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""The whole benchmark suite in one command: the CPU parts always, the GPU part when CUDA is present.
+
+  profile     bench_profile.py: hook overhead (time, allocator and process-RSS peaks), Gemma-3 270M, real weights
+  prune       bench_prune.py: vote + prune seconds vs profiling; pruned-vs-dense prefill at sparsity 0.2/0.3/0.5,
+              mlp and hidden, multiple_of 1 and 128, batch 1/8/32, with parameter and FLOP ratios
+  models-cpu  bench_gpu.py --device cpu on gemma3_270m (real weights): the Taylor (gradient) importance pass vs
+              DIET's forward-only profiling, end to end profile + vote + prune at 7 tasks x 100 samples, decode
+  gpu         bench_gpu.py on CUDA in bf16: gemma3_270m (real weights) and the gemma2 2b/9b/27b and Llama-3-8B shapes
+              (random weights), every section; skipped, and said so, without a GPU
+
+Every part is a subprocess that appends its own section (date, machine, versions, exact command) to `--append`.
+Exit status: 0 when every part that ran succeeded, 1 otherwise (the failed parts are listed).
+
+  python benchmarks/suite.py --cache-dir outputs/cache --append docs/benchmarks.md          # ~40 min on 2 cores
+  python benchmarks/suite.py --quick                                                        # ~8 min, prints only
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PARTS = ("profile", "prune", "models-cpu", "gpu")
+GPU_MODELS = "gemma3_270m,gemma2_2b,gemma2_9b,gemma2_27b,llama3_8b"
+
+
+def commands(args, has_cuda: bool) -> dict[str, list[str] | None]:
+    common = ["--cache-dir", args.cache_dir] + (["--append", args.append] if args.append else [])
+    quick = ["--quick"] if args.quick else []
+    cpu_models = ["--seq", "128", "--e2e-samples", "100", "--taylor-batches", "4", "--reps", "3"]
+    if args.quick:
+        cpu_models = ["--seq", "64", "--e2e-samples", "10", "--taylor-batches", "1", "--reps", "2",
+                      "--taylor-reps", "1", "--decode-steps", "5"]
+    return {
+        "profile": [sys.executable, str(HERE / "bench_profile.py"), *common, *quick],
+        "prune": [sys.executable, str(HERE / "bench_prune.py"), *common, *quick, "--batch-sizes",
+                  "1,8" if args.quick else "1,8,32", "--multiple-of", "1,128", "--tokens", "64" if args.quick else "128"],
+        "models-cpu": [sys.executable, str(HERE / "bench_gpu.py"), "--device", "cpu", "--models", "gemma3_270m",
+                       "--sections", "taylor,e2e,decode", "--stats", "eager", *cpu_models, *common],
+        "gpu": [sys.executable, str(HERE / "bench_gpu.py"), "--device", "cuda", "--models", GPU_MODELS,
+                "--sections", "profile,e2e,prefill,decode,taylor", "--time-budget", str(args.gpu_budget),
+                *common] if has_cuda else None,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cache-dir", default="outputs/cache", help="holds the converted Gemma-3 270M checkpoint")
+    p.add_argument("--append", default=None, help="markdown file each part appends its section to")
+    p.add_argument("--quick", action="store_true", help="smaller settings everywhere (a smoke run of the suite)")
+    p.add_argument("--skip", default="", help=f"comma list of parts to leave out: {', '.join(PARTS)}")
+    p.add_argument("--gpu-budget", type=float, default=1800, help="seconds for the GPU part")
+    args = p.parse_args(argv)
+    skip = [s for s in args.skip.split(",") if s]
+    unknown = [s for s in skip if s not in PARTS]
+    if unknown:
+        print(f"suite: error: --skip {','.join(unknown)}: unknown part; allowed: {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    outcome = {}
+    for part, cmd in commands(args, has_cuda).items():
+        if part in skip:
+            outcome[part] = "skipped (--skip)"
+            continue
+        if cmd is None:
+            outcome[part] = "skipped: no CUDA device on this machine"
+            continue
+        print(f"== {part}: {shlex.join(cmd)}", flush=True)
+        started = time.perf_counter()
+        rc = subprocess.call(cmd)
+        outcome[part] = f"{'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - started:.0f} s"
+    print("\nsuite summary:")
+    for part, text in outcome.items():
+        print(f"  {part:10s} {text}")
+    return 1 if any(text.startswith("FAILED") for text in outcome.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
