@@ -538,7 +538,8 @@ def render(rows: list[dict]) -> str:
         for r in prof:
             ok = "" if r["variant"] == "no hooks" else ("yes" if r["ratio"] <= 1.05 else "no")
             out.append(f"| {r['model']} | {r['batch']} x {r['seq']} x {r['batches']} | {r['variant']} | "
-                       f"{r['median_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f} | {r['peak_gb']:.2f} | "
+                       f"{r['median_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f} | "
+                       f"{_f(r['peak_gb'] or None, '{:.2f}')} | "
                        f"{_f(r['peak_ratio'])} | {ok} |")
         checks = [r for r in rows if r["kind"] == "stats_check"]
         if checks:
@@ -606,11 +607,13 @@ def render(rows: list[dict]) -> str:
     tay = [r for r in rows if r["kind"] == "taylor"]
     if tay:
         out.append("### Gradient-based (Taylor |grad x activation|) importance vs DIET's forward-only profiling\n")
+        out.append("One forward + backward per batch of the next-token loss, activation gradients only (no weight "
+                   "gradients): the cheapest gradient pass a peer method needs. Peak GB: CUDA allocator, GPU only.\n")
         out.append("| model | batch x seq x batches | variant | median s | ratio to DIET | peak GB |")
         out.append("|---|---|---|---|---|---|")
         for r in tay:
             out.append(f"| {r['model']} | {r['batch']} x {r['seq']} x {r['batches']} | {r['variant']} | "
-                       f"{r['median_s']:.3f} | {r['ratio']:.2f} | {r['peak_gb']:.1f} |")
+                       f"{r['median_s']:.3f} | {r['ratio']:.2f} | {_f(r['peak_gb'] or None, '{:.1f}')} |")
         out.append("")
 
     skipped = [r for r in rows if r["kind"] in ("skipped", "error")]
