@@ -22,6 +22,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from diet import DietError
+
 log = logging.getLogger(__name__)
 
 STATS = ("sum_abs", "sum_sq", "max_abs", "count")
@@ -79,7 +81,13 @@ class _Accumulator:
             weights = weights.to(x.device, non_blocking=True)
         self.called = True
         if self.fused:
-            sum_abs, sum_sq, max_abs = _fused_column_stats(x, weights)
+            try:
+                sum_abs, sum_sq, max_abs = _fused_column_stats(x, weights)
+            except Exception as exc:  # inductor needs a working compiler toolchain (Triton on CUDA, a C++ one on CPU)
+                reason = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise DietError(f"calib.fused_stats: torch.compile failed here ({type(exc).__name__}: {reason}); "
+                                "allowed: calib.fused_stats=false (eager statistics, same values up to rounding)"
+                                ) from exc
             sums["sum_abs"].add_(sum_abs)
             sums["sum_sq"].add_(sum_sq)
             torch.maximum(sums["max_abs"], max_abs, out=sums["max_abs"])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diet import profile
+from diet import DietError, profile
 from diet.models.adapters import get_adapter
 
 TEXTS = [
@@ -202,3 +202,16 @@ def test_model_split_over_two_devices_gives_identical_statistics_masks_and_prune
     with torch.no_grad():
         torch.testing.assert_close(pruned_split(input_ids=ids).logits.cpu(), pruned_single(input_ids=ids).logits,
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_compiler_is_a_one_line_error_naming_the_setting(tiny_models, monkeypatch):
+    def broken(*_args):
+        raise RuntimeError("Compiler: cc not found\nlong traceback follows")
+
+    monkeypatch.setattr(profile, "_compiled_column_stats", broken)
+    model, tokenizer = tiny_models["tiny_llama"]
+    with pytest.raises(DietError) as err:
+        profile.profile_texts(model, get_adapter(model), tokenizer, TEXTS, "mlp", max_length=64, batch_size=2,
+                              fused_stats=True)
+    assert str(err.value) == ("calib.fused_stats: torch.compile failed here (RuntimeError: Compiler: cc not found); "
+                              "allowed: calib.fused_stats=false (eager statistics, same values up to rounding)")
