@@ -6,8 +6,8 @@ Padding is skipped by weighting tokens with the attention mask (a matmul), so th
 
 Two ways to compute a batch's statistics, same contract: `eager` (float32 copy of the activation, then abs / matmul /
 max: several passes over it) and `fused` (the same arithmetic through torch.compile, which reads the bf16 activation
-once; on an H100 a benchmark prototype of it took the mlp overhead from 1.22x to 1.02x of a plain forward). `fused_stats="auto"` picks fused
-on CUDA and eager elsewhere (CPU compilation costs ~20 s once and buys little there).
+once; on an H100 a benchmark prototype of it took the mlp overhead from 1.22x to 1.02x of a plain forward).
+`fused_stats="auto"` picks fused on CUDA and eager elsewhere (CPU compilation costs ~20 s once and buys little there).
 
 Hook points per target:
   mlp    -> `mlp.<i>`: the input of layer i's down projection (intermediate width)
