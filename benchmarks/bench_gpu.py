@@ -36,7 +36,6 @@ import datetime
 import gc
 import json
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -44,6 +43,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from bench_profile import command_line  # the benchmarks folder is sys.path[0] when run as a script
 
 # Published shapes. Gemma-2: vocab 256000, tied embeddings, sliding window 4096, logit soft-capping (eager attention
 # in transformers, which has no SDPA path for soft-capping). Llama-3-8B: vocab 128256, untied.
@@ -309,9 +310,9 @@ def bench_e2e(rec, name, model, adapter, device, clock, args, shape):
     prune_model(model, adapter, masks, "mlp")
     clock.sync()
     t3 = time.perf_counter()
-    row = rec.add("e2e", model=name, variant=label, device=device.type, tasks=len(tasks), samples=args.e2e_samples, seq=args.seq,
-                  batch=bs, tokens=tokens, profile_s=t1 - t0, vote_s=t2 - t1, prune_s=t3 - t2, total_s=t3 - t0,
-                  sparsity=achieved_sparsity(masks), params_ratio=count_params(model) / params_dense)
+    row = rec.add("e2e", model=name, variant=label, device=device.type, tasks=len(tasks), samples=args.e2e_samples,
+                  seq=args.seq, batch=bs, tokens=tokens, profile_s=t1 - t0, vote_s=t2 - t1, prune_s=t3 - t2,
+                  total_s=t3 - t0, sparsity=achieved_sparsity(masks), params_ratio=count_params(model) / params_dense)
     say(f"  e2e profile {row['profile_s']:.2f} s, vote {row['vote_s']:.2f} s, prune {row['prune_s']:.2f} s, "
         f"total {row['total_s']:.2f} s ({tokens} tokens)")
 
@@ -639,7 +640,7 @@ def env_row(rec: Recorder, device: torch.device, dtype: torch.dtype) -> None:
     rec.add("env", date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), device=gpu,
             torch=torch.__version__, cuda=torch.version.cuda, transformers=transformers.__version__,
             python=platform.python_version(), dtype=str(dtype).replace("torch.", ""),
-            command="python " + " ".join(shlex.quote(a) for a in sys.argv))
+            command=command_line())
     say(f"device {gpu}; torch {torch.__version__}; transformers {transformers.__version__}")
 
 
@@ -703,14 +704,14 @@ def main(argv=None) -> int:
         log_file = open(args.log, "a")
     args.sections = [s for s in args.sections.split(",") if s]
     args.stats = [k for k in args.stats.split(",") if k]
-    unknown = [k for k in args.stats if k not in ("eager", "fused")]
     models = [m for m in args.models.split(",") if m]
-    unknown_models = [m for m in models if m not in SHAPES and m not in REAL_WEIGHTS]
-    if unknown or unknown_models:
-        print(f"bench_gpu: error: unknown {'--stats' if unknown else '--models'} value(s) "
-              f"{unknown or unknown_models}; allowed: {'eager, fused' if unknown else ', '.join([*SHAPES, *REAL_WEIGHTS])}",
-              file=sys.stderr)
-        return 2
+    for flag, given, allowed in (("--stats", args.stats, ("eager", "fused")),
+                                 ("--models", models, (*SHAPES, *REAL_WEIGHTS))):
+        unknown = [v for v in given if v not in allowed]
+        if unknown:
+            print(f"bench_gpu: error: unknown {flag} value(s) {unknown}; allowed: {', '.join(allowed)}",
+                  file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]

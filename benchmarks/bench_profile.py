@@ -38,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -108,8 +109,9 @@ def machine_info() -> dict[str, str]:
 
 
 def command_line() -> str:
+    """The command that reruns this benchmark from the repository root, however the script was launched."""
     rel = os.path.relpath(sys.argv[0], REPO) if os.path.isabs(sys.argv[0]) else sys.argv[0]
-    return " ".join(["python", rel, *sys.argv[1:]])
+    return shlex.join(["python", rel, *sys.argv[1:]])
 
 
 def append_markdown(path: str, title: str, body: str) -> None:

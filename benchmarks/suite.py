@@ -18,15 +18,13 @@ Exit status: 0 when every part that ran succeeded, 1 otherwise (the failed parts
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(os.path.relpath(Path(__file__).resolve().parent))  # relative, so each part records a rerunnable command
+HERE = Path(__file__).resolve().parent  # each part records its command relative to the repository root itself
 PARTS = ("profile", "prune", "models-cpu", "gpu")
 GPU_MODELS = "gemma3_270m,gemma2_2b,gemma2_9b,gemma2_27b,llama3_8b"
 
@@ -38,12 +36,12 @@ def commands(args, has_cuda: bool) -> dict[str, list[str] | None]:
     if args.quick:
         cpu_models = ["--seq", "64", "--e2e-samples", "10", "--taylor-batches", "1", "--reps", "2",
                       "--taylor-reps", "1", "--decode-steps", "5"]
-    python = "python"  # the interpreter on PATH, as each part's recorded command says; sys.executable if none
-    python = python if shutil.which(python) else sys.executable
+    python = sys.executable  # the suite's own interpreter: `python` on PATH may be another one, without diet
     return {
         "profile": [python, str(HERE / "bench_profile.py"), *common, *quick],
         "prune": [python, str(HERE / "bench_prune.py"), *common, *quick, "--batch-sizes",
-                  "1,8" if args.quick else "1,8,32", "--multiple-of", "1,128", "--tokens", "64" if args.quick else "128"],
+                  "1,8" if args.quick else "1,8,32", "--multiple-of", "1,128",
+                  "--tokens", "64" if args.quick else "128"],
         "models-cpu": [python, str(HERE / "bench_gpu.py"), "--device", "cpu", "--models", "gemma3_270m",
                        "--sections", "taylor,e2e,decode", "--stats", "eager", *cpu_models, *common],
         "gpu": [python, str(HERE / "bench_gpu.py"), "--device", "cuda", "--models", GPU_MODELS,
