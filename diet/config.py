@@ -1,22 +1,40 @@
 """Validation of the composed Hydra config: every user mistake becomes one DietError line (key, value, allowed)."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from diet import DietError
 from diet.profile import FUSED_CHOICES
 from diet.vote import SCOPES, SCORINGS, VOTE_METHODS
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """diet/conf/ in an installed package (the wheel maps the repository's conf/ there), else conf/ of the checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if (installed / "config.yaml").is_file() else package.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 METHODS = ("diet", "random", "generic", "magnitude", "per_task")
 TARGETS = ("mlp", "hidden")
 CALIB_SOURCES = ("task", "generic")
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
+
+
+def _checkpoint_name(name_or_path) -> str:
+    """`model=hf`'s name in tables: the checkpoint's own (/data/ckpt/llama-3-8b/ and meta-llama/llama-3-8b give
+    llama-3-8b)."""
+    return Path(str(name_or_path).rstrip("/")).name
+
+
+OmegaConf.register_new_resolver("diet.checkpoint_name", _checkpoint_name, replace=True)
 
 
 def _is_number(value) -> bool:
@@ -35,7 +53,14 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 STAGES = ("all", "profile")
 
 
+def validate_model(model: DictConfig) -> None:
+    if OmegaConf.is_missing(model, "name_or_path"):
+        raise DietError("model.name_or_path: missing; allowed: a hub id (org/name) or a local checkpoint folder, "
+                        "e.g. model=hf model.name_or_path=/data/ckpt/llama-3-8b")
+
+
 def validate(cfg: DictConfig) -> None:
+    validate_model(cfg.model)
     _require(cfg.stage in STAGES, "stage", cfg.stage, ", ".join(STAGES))
     _require(_is_number(cfg.sparsity) and 0 <= cfg.sparsity < 1, "sparsity", cfg.sparsity, "a number in [0, 1)")
     _require(_is_int(cfg.seed), "seed", cfg.seed, "an integer")
@@ -83,19 +108,43 @@ def validate(cfg: DictConfig) -> None:
                         "<task>/<split>.jsonl files, or null")
 
 
+def config_dirs(argv: list[str], conf_dir: Path = CONF_DIR) -> list[Path]:
+    """The folders Hydra composes from: the user's (`--config-dir DIR`, `hydra.searchpath=[file://DIR,pkg://mod]`)
+    first, as Hydra searches them, then diet's own."""
+    dirs: list[Path] = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]).expanduser())
+        elif arg.startswith(("--config-dir=", "-cd=")):
+            dirs.append(Path(arg.split("=", 1)[1]).expanduser())
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            for entry in arg.split("=", 1)[1].strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if entry.startswith("pkg://"):
+                    spec = importlib.util.find_spec(entry[len("pkg://"):].replace("/", "."))
+                    dirs += [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+                elif entry:
+                    dirs.append(Path(entry.removeprefix("file://")).expanduser())
+    return dirs + [conf_dir]
+
+
 def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
-    """Hydra reports an unknown config choice (`model=gemma2_99b`) over many lines; catch it first as one line."""
+    """Hydra reports an unknown config choice (`model=gemma2_99b`) over many lines; catch it first as one line.
+
+    Choices come from diet's conf/ and the user's config folders (`--config-dir`, `hydra.searchpath`)."""
+    dirs = config_dirs(argv, conf_dir)
     for arg in argv:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
         group, _, values = arg.partition("=")
-        group_dir = conf_dir / group
-        if "." in group or not group_dir.is_dir() or values in ("null", ""):
+        group_dirs = [d / group for d in dirs if (d / group).is_dir()]
+        if "." in group or not group_dirs or values in ("null", ""):
             continue
-        choices = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        choices = sorted({p.stem for d in group_dirs for p in d.glob("*.yaml")})
         for value in values.split(","):
             if value not in choices:
-                raise DietError(f"{group}: unknown choice '{value}'; allowed: {', '.join(choices)}")
+                where = "" if len(dirs) == 1 else f" (in {', '.join(str(d) for d in dirs)})"
+                raise DietError(f"{group}: unknown choice '{value}'; allowed: {', '.join(choices)}{where}")
 
 
 def check_launcher(argv: list[str]) -> None:

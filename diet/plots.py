@@ -1,11 +1,11 @@
 """PNG plots of a run's masks: written into the run directory before W&B is touched, and logged to W&B as images."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from diet import cache
 
 
 def _pyplot():
@@ -18,11 +18,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return cache.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
 
 
 def jaccard(per_task_masks: dict[str, dict[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:

@@ -42,7 +42,7 @@ import torch
 import transformers
 from torch import nn
 
-from diet import DietError
+from diet import DietError, cache
 from diet.models.adapters import Adapter, get_adapter
 
 TARGETS = ("mlp", "hidden")
@@ -254,7 +254,7 @@ def save_pruned(model: nn.Module, tokenizer, path: str | Path) -> Path:
     a temp folder beside `path` that is then renamed into place (replacing an existing `path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = cache.temp_dir(path)  # mkdtemp alone would make pruned_model/ private (0700)
     try:
         model.save_pretrained(staging)
         if tokenizer is not None:

@@ -18,7 +18,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 import diet
-from diet import DietError, cache, config, evaluate, models, plots, profile, prune, tracking, vote
+from diet import DietError, cache, config, evaluate, models, plots, profile, prune, sweeps, tracking, vote
 from diet.tasks import calibration
 
 log = logging.getLogger("diet")
@@ -315,10 +315,7 @@ def print_summary(results: dict) -> None:
     print("\n".join(lines))
 
 
-_failed_jobs: list[str] = []
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig):
     try:
         run(cfg)
@@ -329,7 +326,6 @@ def _hydra_main(cfg: DictConfig):
             config.exit_on_error(err)
         # One job's bad value (say, a vote threshold no dimension meets) must not cancel the rest of the sweep.
         print(f"diet: error: job {hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}): {err}", file=sys.stderr)
-        _failed_jobs.append(hydra_cfg.job.override_dirname)
 
 
 def main() -> None:
@@ -338,11 +334,11 @@ def main() -> None:
         config.check_launcher(sys.argv[1:])
     except DietError as err:
         config.exit_on_error(err)
-    _hydra_main()
-    if _failed_jobs:  # jobs run in this process (the basic launcher): the sweep as a whole failed
-        print(f"diet: error: {len(_failed_jobs)} job(s) of the sweep failed; see status.json in their folders",
-              file=sys.stderr)
-        sys.exit(2)
+    try:
+        _hydra_main()
+    finally:  # a multirun (any launcher): per-job summary, then exit 2 if a job failed, after all of them ran
+        if sweeps.exit_status():
+            sys.exit(2)
 
 
 if __name__ == "__main__":

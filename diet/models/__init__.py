@@ -56,6 +56,7 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
             path = str(demo.checkpoint(cache_dir))
         else:
             path = model_cfg.name_or_path
+            check_family(path, model_cfg.revision)
         device_map = model_cfg.get("device_map")
         model, tokenizer = _from_pretrained(path, model_cfg.revision, dtype, device_map)
         fingerprint = digest({"path": model_cfg.name_or_path, "revision": model_cfg.revision,
@@ -67,6 +68,32 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
     if not (model_cfg.get("device_map") or model_cfg.get("offload")):
         model = model.to(device)  # a device map places the model itself; offload keeps it in CPU memory
     return LoadedModel(model.eval(), tokenizer, adapter, fingerprint)
+
+
+def check_family(path: str, revision=None) -> str:
+    """The checkpoint's family (config.json's model_type), read before any weights are loaded; one line if diet has no
+    adapter for it. A checkpoint that cannot be reached is left to the loader, which says why."""
+    from transformers import AutoConfig
+
+    from diet.models.adapters import ADAPTERS
+
+    supported = ", ".join(sorted(ADAPTERS))
+    local = Path(path).expanduser() / "config.json"
+    try:
+        if local.is_file():
+            import json
+
+            family = json.loads(local.read_text()).get("model_type")
+        else:
+            family = AutoConfig.from_pretrained(path, revision=revision).model_type
+    except OSError:
+        return ""
+    except (ValueError, KeyError) as err:  # a model_type this transformers does not know
+        family = str(err).split("`")[1] if "`" in str(err) else "unknown"
+    if family not in ADAPTERS:
+        raise DietError(f"model.name_or_path: '{path}' is a {family!r} checkpoint (config.json model_type), which diet "
+                        f"cannot prune; supported families: {supported}")
+    return family
 
 
 def _from_pretrained(path: str, revision, dtype, device_map=None):

@@ -8,8 +8,9 @@ plain sentence starts ("The capital of France is" -> " Paris") that a ~270M-para
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
+
+from diet import cache
 
 DEMO_SEED = 20240601
 NUM_CHOICES = 4
@@ -185,15 +186,7 @@ def _write_jsonl_atomic(path: Path, docs: list[dict]) -> None:
     content = "".join(json.dumps(doc, ensure_ascii=False, sort_keys=True) + "\n" for doc in docs).encode("utf-8")
     if path.is_file() and path.read_bytes() == content:
         return  # unchanged: keep the file (and its mtime, which datasets' cache key includes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    cache.atomic_write_bytes(path, content)
 
 
 def write_demo_data(name: str, data_dir: str | os.PathLike) -> dict[str, str]:
