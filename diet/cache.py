@@ -61,6 +61,16 @@ def temp_dir(beside: Path, suffix: str = ".tmp") -> Path:
     return staging
 
 
+def share_tree(folder: Path) -> None:
+    """Give every file and folder under `folder` the mode a plain write would (some writers, such as transformers'
+    save_pretrained, create 0600 files through temp files of their own)."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

@@ -259,6 +259,7 @@ def save_pruned(model: nn.Module, tokenizer, path: str | Path) -> Path:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        cache.share_tree(staging)
         if path.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             path.rename(retired / path.name)

@@ -227,8 +227,9 @@ def run(cfg: DictConfig) -> dict:
         "model": cfg.model.name, "model_id": cfg.model.name_or_path, "tasks": profile_names, "eval_tasks": eval_names,
         "method": cfg.method.name, "scoring": cfg.scoring.name, "target": cfg.prune.target, "scope": cfg.prune.scope,
         "seed": cfg.seed, "sparsity": {"requested": float(cfg.sparsity), "achieved": achieved},
-        "vote": OmegaConf.to_container(cfg.vote), "prune": OmegaConf.to_container(cfg.prune),
-        "calib": OmegaConf.to_container(cfg.calib),
+        "vote": OmegaConf.to_container(cfg.vote, resolve=True),
+        "prune": OmegaConf.to_container(cfg.prune, resolve=True),  # multiple_of: ${model.width_multiple}, resolved
+        "calib": OmegaConf.to_container(cfg.calib, resolve=True),
         "params": {"dense": dense_params, "pruned": pruned_params},
         "metrics": metrics, "average": evaluate.averages(metrics),
         "paper_metric": {t: evaluate.paper_metric(t) for t in eval_names},

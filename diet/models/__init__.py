@@ -70,29 +70,23 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
     return LoadedModel(model.eval(), tokenizer, adapter, fingerprint)
 
 
-def check_family(path: str, revision=None) -> str:
+def check_family(path: str, revision=None) -> str | None:
     """The checkpoint's family (config.json's model_type), read before any weights are loaded; one line if diet has no
-    adapter for it. A checkpoint that cannot be reached is left to the loader, which says why."""
-    from transformers import AutoConfig
+    adapter for it. None when config.json cannot be read here: the loader then says why."""
+    import json
+
+    from transformers.utils import cached_file
 
     from diet.models.adapters import ADAPTERS
 
-    supported = ", ".join(sorted(ADAPTERS))
-    local = Path(path).expanduser() / "config.json"
     try:
-        if local.is_file():
-            import json
-
-            family = json.loads(local.read_text()).get("model_type")
-        else:
-            family = AutoConfig.from_pretrained(path, revision=revision).model_type
-    except OSError:
-        return ""
-    except (ValueError, KeyError) as err:  # a model_type this transformers does not know
-        family = str(err).split("`")[1] if "`" in str(err) else "unknown"
+        config_file = cached_file(path, "config.json", revision=revision)
+        family = json.loads(Path(config_file).read_text()).get("model_type")
+    except Exception:  # no such folder, hub unreachable, gated: reported by _from_pretrained
+        return None
     if family not in ADAPTERS:
         raise DietError(f"model.name_or_path: '{path}' is a {family!r} checkpoint (config.json model_type), which diet "
-                        f"cannot prune; supported families: {supported}")
+                        f"cannot prune; supported families: {', '.join(sorted(ADAPTERS))}")
     return family
 
 

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from diet import DietError
+from diet import DietError, cache
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def checkpoint(cache_dir: str | os.PathLike) -> Path:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         gguf_path.unlink()
+        cache.share_tree(out)  # a cache on shared storage: readable by the group, as the umask allows
         try:
             os.replace(out, target)
         except OSError:  # another job converted it first; theirs is as good as ours
