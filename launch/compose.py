@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     counts = " x ".join(f"{k} ({v})" for k, v in swept.items()) or "nothing swept"
     sizes = ("calibration split sizes checked" if all(checked) else f"calibration split sizes checked for "
              f"{sum(checked)} (the others read hub datasets, which only the run does)")
-    print(f"dry run: {n} job{'s' * (n != 1)} compose and validate; {sizes}; launcher {launcher}; swept: {counts}")
+    print(f"dry run: {n} job{'s' * (n != 1)} compose and validate; launcher {launcher}; swept: {counts}; {sizes}")
 
 
 if __name__ == "__main__":

@@ -242,8 +242,8 @@ def test_dry_run_checks_calibration_split_sizes():
     fits = subprocess.run([*script, "calib.n_samples=16"], capture_output=True, text=True, env=env, cwd=REPO,
                           timeout=300)
     assert fits.returncode == 0, fits.stderr[-2000:]
-    assert ("dry run: 4 jobs compose and validate; calibration split sizes checked; launcher LocalLauncher"
-            in fits.stdout)
+    assert ("dry run: 4 jobs compose and validate; launcher LocalLauncher; swept: scoring (4); calibration split "
+            "sizes checked\n") in fits.stdout
 
 
 def test_readme_wandb_sync_globs_match_without_globstar(tmp_path):
