@@ -85,7 +85,7 @@ def summarize(config: DictConfig, out=None) -> list[JobOutcome]:
     for o in outcomes:
         print(f"  job {o.num} {o.state:<7} {o.folder}  {o.headline}", file=out)
     for o in failed:
-        print(f"diet: error: job {o.num} ({o.overrides}) {o.state}: {o.headline}", file=out)
+        print(f"diet: error: job {o.num} {o.state} ({o.overrides}): {o.headline}", file=out)
     if failed:
         print(f"diet: error: {len(failed)} job(s) of the sweep failed; see status.json in their folders", file=out)
     return failed

@@ -60,6 +60,7 @@ def calibration_capacity(names: tuple[str, ...], local_dir: str | None, n_sample
 
 
 def check_calibration(cfg) -> bool:
+    """True when the job's calibration draw fits its tasks (or it draws none); False when it reads hub datasets."""
     if cfg.method.name in ("random", "magnitude"):  # no calibration text
         return True
     local_dir = str(Path(cfg.data.local_dir).resolve()) if cfg.data.local_dir else None
@@ -71,7 +72,7 @@ def check_calibration(cfg) -> bool:
 def check(overrides: list[str], cover_only: bool = False, sizes_checked: list | None = None
           ) -> tuple[int, dict[str, int], str]:
     """(number of jobs, {swept key: number of values}, launcher target); raises DietError on the first bad job.
-    sizes_checked, if given, gets one bool per composed job: were its calibration split sizes checked.
+    sizes_checked, if given, gets one bool per composed job: False when its tasks are hub datasets (not read here).
 
     cover_only: compose only jobs that between them use every swept value once (fast; for tests), not all of them.
     """
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     except DietError as err:
         config.exit_on_error(err)
     counts = " x ".join(f"{k} ({v})" for k, v in swept.items()) or "nothing swept"
-    sizes = ("calibration split sizes checked" if all(checked) else f"calibration split sizes checked for "
-             f"{sum(checked)} (the others read hub datasets, which only the run does)")
+    unchecked = checked.count(False)
+    sizes = ("calibration split sizes checked" if not unchecked else f"calibration split sizes not checked for "
+             f"{unchecked} job{'s' * (unchecked != 1)} on hub datasets (only the run reads them)")
     print(f"dry run: {n} job{'s' * (n != 1)} compose and validate; launcher {launcher}; swept: {counts}; {sizes}")
 
 

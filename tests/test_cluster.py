@@ -158,7 +158,7 @@ def test_failed_job_fails_a_submitit_sweep_after_the_others_ran(tmp_path):
     assert tail[0] == f"sweep {sweep}: 2 job(s), 1 done, 1 failed or unfinished"
     assert re.fullmatch(rf"  job 0 failed  {sweep}/0  calib.n_samples: 500 is more than task .*", tail[1])
     assert tail[2] == f"  job 1 done    {sweep}/1  average {average:.4f}, sparsity 0.203"
-    assert tail[3].startswith("diet: error: job 0 (calib.n_samples=500) failed: calib.n_samples: 500 is more than")
+    assert tail[3].startswith("diet: error: job 0 failed (calib.n_samples=500): calib.n_samples: 500 is more than")
     assert tail[4] == "diet: error: 1 job(s) of the sweep failed; see status.json in their folders"
     assert sorted(p.name for p in sweep.iterdir()) == [".submitit", "0", "1", "multirun.yaml"]  # no stray %j
     assert all(p.is_file() for p in (sweep / ".submitit").iterdir())
