@@ -1,6 +1,7 @@
 """load(cfg) -> LoadedModel: the model, its tokenizer, its family adapter and a fingerprint of its weights."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -73,8 +74,6 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
 def check_family(path: str, revision=None) -> str | None:
     """The checkpoint's family (config.json's model_type), read before any weights are loaded; one line if diet has no
     adapter for it. None when config.json cannot be read here: the loader then says why."""
-    import json
-
     from transformers.utils import cached_file
 
     from diet.models.adapters import ADAPTERS
