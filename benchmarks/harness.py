@@ -67,6 +67,13 @@ def load_model(cfg, cache_dir: str):
     return models.load(cfg.model, device=torch.device("cpu"), cache_dir=cache_dir, seed=cfg.seed)
 
 
+def wrap_model(model, adapter, tokenizer=None):
+    """A model built outside the run's loader (random published shapes) in the form the run's stages take."""
+    from diet.models import LoadedModel
+
+    return LoadedModel(model, tokenizer, adapter, fingerprint="benchmark")
+
+
 def run_widths(loaded, target) -> dict[str, int]:
     """Mask group -> width, as the run computes it."""
     from diet import run

@@ -16,7 +16,7 @@ def test_bench_gpu_tiny_records_every_section(tmp_path):
     out = tmp_path / "rows.jsonl"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--tiny", "--models", "llama3_8b",
-         "--sections", "profile,e2e,taylor,decode", "--json-out", str(out), "--append", str(tmp_path / "b.md")],
+         "--sections", "profile,e2e,taylor,decode", "--json-out", str(out), "--doc", str(tmp_path / "b.md")],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -44,11 +44,11 @@ def test_bench_gpu_refuses_billion_parameter_shapes_on_the_cpu():
 
 
 def test_suite_runs_the_gpu_part_only_with_cuda_and_rejects_unknown_parts(capsys):
-    args = type("Args", (), dict(cache_dir="c", append="docs/benchmarks.md", quick=False, gpu_budget=60))()
+    args = type("Args", (), dict(cache_dir="c", doc="docs/benchmarks.md", quick=False, gpu_budget=60))()
     without, with_cuda = suite.commands(args, has_cuda=False), suite.commands(args, has_cuda=True)
     assert list(without) == list(suite.PARTS) and without["gpu"] is None
     assert with_cuda["gpu"][with_cuda["gpu"].index("--device") + 1] == "cuda"
-    assert all(cmd[cmd.index("--append") + 1] == "docs/benchmarks.md" for cmd in with_cuda.values())
+    assert all(cmd[cmd.index("--doc") + 1] == "docs/benchmarks.md" for cmd in with_cuda.values())
     assert suite.main(["--skip", "profile,bogus"]) == 2
     assert capsys.readouterr().err.strip() == ("suite: error: --skip bogus: unknown part; allowed: profile, prune, "
                                                "models-cpu, gpu")
