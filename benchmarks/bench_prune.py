@@ -33,8 +33,8 @@ skipped with diet's own refusal printed under the table.
     FLOPs are analytic, from the actual weight shapes (`harness.forward_flops`): 2 * in * out per token for q, k, v,
     o (by the heads each layer keeps, so removed heads cut q, o and their attention), gate, up, down, plus the LM
     head 2 * d * vocab per token for the "with LM head" columns, plus attention scores and values 2 * 2 * head_dim
-    per query-key pair and query head (the full S x S product that the CPU attention computes, up to a layer's
-    sliding window); norms, activations, rotary and the embedding lookup are not counted.
+    per query-key pair and query head (the full S x S product that eager attention computes, sliding layers
+    included: their window is a mask on it); norms, activations, rotary and the embedding lookup are not counted.
     The issue's target: (1 - t_pruned/t_dense) >= 0.8 * (1 - flops_pruned/flops_dense) at batch 8; `realised` is
     (1 - t_pruned/t_dense) / (1 - flops_pruned/flops_dense), the target is met when it is >= 0.8.
 """

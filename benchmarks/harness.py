@@ -189,11 +189,11 @@ def decoder_shape(model, adapter) -> DecoderShape:
 def _keys_attended(seq: int, window: int | None, attention: str, context: int | None) -> int:
     """Query-key pairs per sequence and layer."""
     w = window or 1 << 62
-    if context is not None:  # decode: `seq` new tokens, each against a cache of `context` keys
-        return seq * min(context, w)
-    if attention == "full":  # the whole S x S product, as CPU attention kernels compute it under a causal mask
-        return seq * min(seq, w)
-    if attention == "causal":  # query p sees keys 0..p (the last `window` of them)
+    if context is not None:  # decode: `seq` new tokens, each against a cache of `context` keys (a sliding layer
+        return seq * min(context, w)  # keeps only its window)
+    if attention == "full":  # the whole S x S product: eager attention computes it and then applies the causal
+        return seq * seq  # and sliding-window masks to it (torch's FlopCounterMode agrees, tests/test_benchmarks.py)
+    if attention == "causal":  # the work causal attention needs: query p sees keys 0..p (the last `window` of them)
         return sum(min(p + 1, w) for p in range(seq))
     raise ValueError(f"attention: {attention!r}; allowed: full, causal")
 
