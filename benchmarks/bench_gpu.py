@@ -151,8 +151,7 @@ def interleaved(clock: Clock, fns: dict, reps: int, warmup: int) -> dict[str, di
         peaks[name] = max(peaks[name], peak)
         return seconds
 
-    # warm-up calls' peaks are dropped below: reset after them
-    harness.interleaved(timed, 0, warmup=warmup, timer=timer)
+    harness.interleaved(timed, 0, warmup=warmup, timer=timer)  # warm-up only; its peaks are dropped
     peaks.update({n: 0 for n in fns})
     times = harness.interleaved(timed, reps, timer=timer)
     return {n: {"median_s": statistics.median(times[n]), "times_s": times[n], "peak_bytes": peaks[n]}
@@ -504,7 +503,8 @@ def section_title(rows: list[dict]) -> str:
     env = next((r for r in rows if r["kind"] == "env"), {})
     if env.get("tiny"):
         return "Model benchmarks (tiny shapes, CPU smoke test)"
-    return "Model benchmarks (GPU)" if env.get("cuda_device") else "Model benchmarks (CPU)"
+    on_gpu = env.get("cuda_device", not str(env.get("device", "CPU")).startswith("CPU"))  # older rows lack the key
+    return "Model benchmarks (GPU)" if on_gpu else "Model benchmarks (CPU)"
 
 
 def metadata(rows: list[dict]) -> list[str]:

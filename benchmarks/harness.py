@@ -20,7 +20,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
-DOC = "docs/benchmarks.md"
 
 
 def setup_env() -> None:

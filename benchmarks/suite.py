@@ -2,8 +2,9 @@
 """The whole benchmark suite in one command: the CPU parts always, the GPU part when CUDA is present.
 
   profile     bench_profile.py: hook overhead (time, allocator and process-RSS peaks), Gemma-3 270M, real weights
-  prune       bench_prune.py: vote + prune seconds vs profiling; pruned-vs-dense prefill at sparsity 0.2/0.3/0.5,
-              mlp and hidden, multiple_of 1 and 128, batch 1/8/32, with parameter and FLOP ratios
+  prune       bench_prune.py: the run's vote + prune seconds vs profiling; pruned-vs-dense prefill at sparsity
+              0.2/0.3/0.5, mlp, hidden, heads, mlp+heads (those diet accepts), multiple_of 1 and 128, batch 1/8/32,
+              with parameter and FLOP ratios
   models-cpu  bench_gpu.py --device cpu on gemma3_270m (real weights): the Taylor (gradient) importance pass vs
               DIET's forward-only profiling, end to end profile + vote + prune at 7 tasks x 100 samples, decode
   gpu         bench_gpu.py on CUDA in bf16: gemma3_270m (real weights) and the gemma2 2b/9b/27b and Llama-3-8B shapes

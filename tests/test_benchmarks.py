@@ -36,6 +36,7 @@ def test_bench_gpu_tiny_records_every_section(tmp_path):
     assert e2e["tasks"] == 7 and e2e["tokens"] == 7 * 8 * 32 and 0.15 < e2e["sparsity"] < 0.25
     assert e2e["params_ratio"] < 1
     markdown = (tmp_path / "b.md").read_text()
+    assert markdown.startswith("# Benchmarks\n\n## Model benchmarks (tiny shapes, CPU smoke test)\n\n- date: ")
     assert "### End to end" in markdown and "### Gradient-based (Taylor" in markdown
 
 
