@@ -13,10 +13,11 @@ Sections (`--sections`):
            only). `--stats` picks the statistics kernels to time: `eager` and `fused` (`calib.fused_stats`, the
            torch.compile path, diet's default on CUDA); the fused statistics are checked against the eager ones.
   e2e      profile (7 tasks x 100 samples x 512 tokens by default, diet's default statistics kernel for the device)
-           + `vote.group_scores` + `vote.build_masks` + `prune.prune_model`, target mlp, each stage's seconds. It
+           + the run's vote stage (method diet, act_l2, majority; `harness.run_vote`) + its pruning, target mlp,
+           multiple_of 128 (1 with --tiny), each stage's seconds. It
            prunes, so it runs on a deep copy right after `profile` when a copy fits, and last, in place, when not.
   prefill  dense vs pruned forward at several batch sizes: decoder + LM head (full logits, as lm-eval scores them)
-           and decoder only; pruned copies come from `vote.random_masks` + `prune.prune_model`; parameter and
+           and decoder only; pruned copies come from the run's `method=random` masks + its pruning; parameter and
            analytic FLOP ratios beside the measured speed-up.
   decode   one token per step with a KV cache of `--seq` tokens, dense vs pruned (runs inside `prefill`).
   taylor   a gradient-based importance pass (|grad * activation| at every down_proj input, one forward + backward
@@ -25,8 +26,8 @@ Sections (`--sections`):
 Examples:
   python benchmarks/bench_gpu.py --tiny                     # CPU smoke test with tiny shapes (float32)
   python benchmarks/bench_gpu.py --models gemma3_270m --device cpu --sections taylor,e2e --cache-dir /tmp/demo_cache
-  python benchmarks/bench_gpu.py --models gemma2_9b --sections profile,prefill,e2e --append docs/benchmarks.md
-  python benchmarks/bench_gpu.py --render a.jsonl b.jsonl --append docs/benchmarks.md   # tables from saved runs
+  python benchmarks/bench_gpu.py --models gemma2_9b --sections profile,prefill,e2e --doc docs/benchmarks.md
+  python benchmarks/bench_gpu.py --render a.jsonl b.jsonl --doc docs/benchmarks.md   # tables from saved runs
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from bench_profile import command_line  # the benchmarks folder is sys.path[0] when run as a script
+import harness  # the benchmarks folder is sys.path[0] when a script runs
 
 # Published shapes. Gemma-2: vocab 256000, tied embeddings, sliding window 4096, logit soft-capping (eager attention
 # in transformers, which has no SDPA path for soft-capping). Llama-3-8B: vocab 128256, untied.
@@ -140,21 +141,21 @@ class Clock:
 
 
 def interleaved(clock: Clock, fns: dict, reps: int, warmup: int) -> dict[str, dict]:
-    """Run every variant `warmup` times, then `reps` rounds in which each runs once (order rotated per round)."""
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            clock.time(fns[name])
-    times = {n: [] for n in names}
-    peaks = {n: 0 for n in names}
-    for r in range(reps):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            t, peak = clock.time(fns[name])
-            times[name].append(t)
-            peaks[name] = max(peaks[name], peak)
+    """`harness.interleaved` timed by `clock`, with the peak memory of each variant's timed calls."""
+    peaks = {n: 0 for n in fns}
+    timed = {n: (n, fn) for n, fn in fns.items()}
+
+    def timer(entry):
+        name, fn = entry
+        seconds, peak = clock.time(fn)
+        peaks[name] = max(peaks[name], peak)
+        return seconds
+
+    harness.interleaved(timed, 0, warmup=warmup, timer=timer)  # warm-up only; its peaks are dropped
+    peaks.update({n: 0 for n in fns})
+    times = harness.interleaved(timed, reps, timer=timer)
     return {n: {"median_s": statistics.median(times[n]), "times_s": times[n], "peak_bytes": peaks[n]}
-            for n in names}
+            for n in fns}
 
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -170,7 +171,7 @@ def shape_of(name: str, tiny: bool) -> dict:
 
 
 def build_model(name: str, device: torch.device, dtype: torch.dtype, tiny: bool, cache_dir: str):
-    """(model, adapter, seconds, shape): the shapes' FLOP analytics read `shape` (published shapes, or the config)."""
+    """(model, adapter, seconds, shape): `shape` holds the published shape (or the loaded config's)."""
     import transformers
     from diet.models.adapters import get_adapter
 
@@ -214,22 +215,12 @@ def free_memory() -> None:
 
 # --------------------------------------------------------------------------------------------------- analytics
 
-def flops_per_token(shape: dict, seq: int, mlp_widths: list[int], hidden: int, with_head: bool,
-                    context: float | None = None) -> float:
-    """Matmul FLOPs (2 per multiply-add) per token. Attention scores and values are counted causally: a query at
-    position p attends to p + 1 keys, (seq + 1) / 2 on average in a prefill of `seq` (`context` overrides it, e.g.
-    the cache length in decode). Element-wise work is left out."""
-    heads, kv, hd = shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]
-    ctx = (seq + 1) / 2 if context is None else context
-    per_layer = 2 * hidden * (heads * hd + 2 * kv * hd) + 2 * heads * hd * hidden + 4 * heads * hd * ctx
-    total = shape["num_hidden_layers"] * per_layer + sum(6 * hidden * w for w in mlp_widths)
-    if with_head:
-        total += 2 * hidden * shape["vocab_size"]
-    return float(total)
-
-
-def model_widths(model, adapter) -> tuple[list[int], int]:
-    return adapter.intermediate_sizes(model), adapter.hidden_size(model)
+def flop_ratio(pruned, dense, batch: int, seq: int, with_head: bool, context: int | None = None) -> float:
+    """Matmul FLOPs of the pruned over the dense model (`harness.forward_flops`, shapes read from the weights):
+    prefill counted causally (query p attends to keys 0..p, within a layer's sliding window), decode as `seq`
+    new tokens against a cache of `context` keys. Element-wise work is left out."""
+    kw = dict(attention="causal", context=context, with_head=with_head)
+    return harness.forward_flops(pruned, batch, seq, **kw) / harness.forward_flops(dense, batch, seq, **kw)
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -288,8 +279,8 @@ def bench_profile(rec, name, model, adapter, device, clock, args, shape):
 
 def bench_e2e(rec, name, model, adapter, device, clock, args, shape):
     from diet.profile import collect, use_fused
-    from diet.prune import count_params, prune_model
-    from diet.vote import achieved_sparsity, build_masks, group_scores
+    from diet.prune import count_params
+    from diet.vote import achieved_sparsity
 
     bs = args.e2e_bs
     tasks = {f"task{t}": random_batches(args.e2e_samples, args.seq, bs, shape["vocab_size"], seed=100 + t)
@@ -299,15 +290,18 @@ def bench_e2e(rec, name, model, adapter, device, clock, args, shape):
     label = f"diet ({'fused' if use_fused('auto', device) else 'eager'} stats)"
     if getattr(args, "e2e_on_copy", False):
         model = copy.deepcopy(model)  # the caller's dense model stays intact for the sections after this one
+    cfg = harness.run_config(["method=diet", "scoring=act_l2", "prune.target=mlp", f"sparsity={args.e2e_sparsity}",
+                              f"prune.multiple_of={1 if args.tiny else 128}"])
+    loaded = harness.wrap_model(model, adapter)
+    widths = harness.run_widths(loaded, "mlp")
     clock.sync()
     t0 = time.perf_counter()
     stats = {task: collect(model, adapter, batches, "mlp", desc=task) for task, batches in tasks.items()}
     clock.sync()
     t1 = time.perf_counter()
-    scores = {task: group_scores(s, "act_l2", "mlp") for task, s in stats.items()}
-    masks, _, _ = build_masks(scores, sparsity=args.e2e_sparsity, target="mlp")
+    masks = harness.run_vote(cfg, loaded, stats, widths)
     t2 = time.perf_counter()
-    prune_model(model, adapter, masks, "mlp")
+    harness.run_prune(model, adapter, masks, "mlp")
     clock.sync()
     t3 = time.perf_counter()
     row = rec.add("e2e", model=name, variant=label, device=device.type, tasks=len(tasks), samples=args.e2e_samples,
@@ -353,14 +347,13 @@ def parse_variants(text: str) -> list[tuple[str, float, int]]:
 
 
 def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
-    from diet.prune import count_params, expected_mask_lengths, prune_model
-    from diet.vote import random_masks
+    from diet.prune import count_params
 
     in_place = name in IN_PLACE_PREFILL and not args.tiny
     variants = parse_variants(args.variants)
     if in_place:  # one variant, the target one, measured after the dense model: not interleaved
         variants = [TARGET_VARIANT]
-    dense_widths, dense_hidden = model_widths(model, adapter)
+    dense_shape = harness.decoder_shape(model, adapter)  # before an in-place prune changes it
     dense_params = count_params(model)
     batch_sizes = [bs for bs in args.batch_sizes if bs <= 8] if in_place else args.batch_sizes  # memory
     inputs = {bs: random_ids(bs, args.seq, shape["vocab_size"], seed=200 + bs).to(device) for bs in batch_sizes}
@@ -380,10 +373,13 @@ def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
             continue
         try:
             pruned = model if in_place else copy.deepcopy(model)
-            masks = random_masks(expected_mask_lengths(pruned, adapter, target), sparsity, seed=0,
-                                 multiple_of=multiple_of)
-            prune_model(pruned, adapter, masks, target)
-            widths, hidden = model_widths(pruned, adapter)
+            cfg = harness.run_config(["method=random", "seed=0", f"sparsity={sparsity}", f"prune.target={target}",
+                                      f"prune.multiple_of={multiple_of}"])
+            loaded = harness.wrap_model(pruned, adapter)
+            masks = harness.run_vote(cfg, loaded, {}, harness.run_widths(loaded, target))
+            harness.run_prune(pruned, adapter, masks, target)
+            pruned_shape = harness.decoder_shape(pruned, adapter)
+            widths, hidden = [ly.mlp for ly in pruned_shape.layers], pruned_shape.head_in
             params_ratio = count_params(pruned) / dense_params
             for bs, ids in inputs.items():
                 mask = torch.ones_like(ids)
@@ -396,12 +392,11 @@ def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
                     res = interleaved(clock, {"dense full": d_full, "pruned full": p_full, "dense dec": d_dec,
                                               "pruned dec": p_dec}, args.reps, 1)
                 for mode, head in (("full", True), ("dec", False)):
-                    f_dense = flops_per_token(shape, args.seq, dense_widths, dense_hidden, head)
-                    f_pruned = flops_per_token(shape, args.seq, widths, hidden, head)
                     t_dense, t_pruned = res[f"dense {mode}"]["median_s"], res[f"pruned {mode}"]["median_s"]
                     row = rec.add("prefill", model=name, target=target, sparsity=sparsity, multiple_of=multiple_of,
                                   mode=mode, batch=bs, seq=args.seq, params_ratio=params_ratio,
-                                  flop_ratio=f_pruned / f_dense, dense_s=t_dense, pruned_s=t_pruned,
+                                  flop_ratio=flop_ratio(pruned_shape, dense_shape, bs, args.seq, head),
+                                  dense_s=t_dense, pruned_s=t_pruned,
                                   dense_times_s=res[f"dense {mode}"]["times_s"],
                                   pruned_times_s=res[f"pruned {mode}"]["times_s"],
                                   tokens_per_s_dense=bs * args.seq / t_dense,
@@ -418,10 +413,9 @@ def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
                 else:
                     res = interleaved(clock, {"dense": _decode_fn(model, ids), "pruned": p_step},
                                       args.decode_steps, 3)
-                f_dense = flops_per_token(shape, 1, dense_widths, dense_hidden, True, context=args.seq)
-                f_pruned = flops_per_token(shape, 1, widths, hidden, True, context=args.seq)
                 row = rec.add("decode", model=name, target=target, sparsity=sparsity, multiple_of=multiple_of,
-                              batch=bs, cache=args.seq, params_ratio=params_ratio, flop_ratio=f_pruned / f_dense,
+                              batch=bs, cache=args.seq, params_ratio=params_ratio,
+                              flop_ratio=flop_ratio(pruned_shape, dense_shape, bs, 1, True, context=args.seq),
                               dense_s=res["dense"]["median_s"], pruned_s=res["pruned"]["median_s"],
                               interleaved=not in_place)
                 say(f"  decode {target} s={sparsity} m={multiple_of} bs={bs}: dense {row['dense_s'] * 1e3:.2f} ms "
@@ -504,25 +498,39 @@ def _f(value, fmt="{:.3f}") -> str:
     return "" if value is None else fmt.format(value)
 
 
-def render(rows: list[dict]) -> str:
+def section_title(rows: list[dict]) -> str:
+    """One section per kind of run: the GPU suite, the CPU models part, the tiny smoke test."""
+    env = next((r for r in rows if r["kind"] == "env"), {})
+    if env.get("tiny"):
+        return "Model benchmarks (tiny shapes, CPU smoke test)"
+    on_gpu = env.get("cuda_device", not str(env.get("device", "CPU")).startswith("CPU"))  # older rows lack the key
+    return "Model benchmarks (GPU)" if on_gpu else "Model benchmarks (CPU)"
+
+
+def metadata(rows: list[dict]) -> list[str]:
+    """The bullets under the heading, from the runs' own env rows (a --render may combine several runs)."""
     env = [r for r in rows if r["kind"] == "env"]
+    if not env:
+        return []
+    e = env[0]
+    out = [f"- date: {e['date']}",
+           f"- device: {e['device']}; torch {e['torch']} (CUDA {e['cuda']}); transformers "
+           f"{e['transformers']}; python {e['python']}; dtype {e['dtype']}"]
+    for other in env[1:]:
+        if other.get("device") != e.get("device") or other.get("date") != e.get("date"):
+            out.append(f"- also: {other['device']}, {other['date']}")
+    out.append("- command(s):")
+    out.extend(f"  - `{c}`" for c in sorted({r["command"] for r in env}))
+    for m in [r for r in rows if r["kind"] == "model"]:
+        out.append(f"- {m['model']}: {m['params'] / 1e9:.2f} B parameters, attention "
+                   f"`{m['attn_implementation']}`, built in {m['build_s']:.1f} s, finite logits: {m['finite']}")
+    return out
+
+
+def render(rows: list[dict]) -> str:
     out = []
-    if env:
-        e = env[0]
-        out.append(f"## Model benchmarks ({e['date']}, {e['device']})\n")
-        out.append(f"- device: {e['device']}; torch {e['torch']} (CUDA {e['cuda']}); transformers "
-                   f"{e['transformers']}; python {e['python']}; dtype {e['dtype']}")
-        for other in env[1:]:
-            if other.get("device") != e.get("device"):
-                out.append(f"- also: {other['device']}, {other['date']}")
-        commands = sorted({r["command"] for r in env})
-        out.append("- command(s):")
-        out.extend(f"  - `{c}`" for c in commands)
-        models = [r for r in rows if r["kind"] == "model"]
-        for m in models:
-            out.append(f"- {m['model']}: {m['params'] / 1e9:.2f} B parameters, attention "
-                       f"`{m['attn_implementation']}`, built in {m['build_s']:.1f} s, finite logits: {m['finite']}")
-        out.append("- weights: random (transformers' init on the device) for the published shapes, real for "
+    if any(r["kind"] == "env" for r in rows):
+        out.append("Weights: random (transformers' init on the device) for the published shapes, real for "
                    "gemma3_270m; random token ids with full attention masks; medians of the repeats after a warm-up "
                    "(CUDA-event timings on GPUs); compared variants interleaved repeat by repeat unless marked "
                    "otherwise.\n")
@@ -633,29 +641,29 @@ def time_left(_args=None) -> float:
     return _DEADLINE[0] - time.perf_counter()
 
 
-def env_row(rec: Recorder, device: torch.device, dtype: torch.dtype) -> None:
+def env_row(rec: Recorder, device: torch.device, dtype: torch.dtype, tiny: bool) -> None:
     import transformers
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})"
     rec.add("env", date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), device=gpu,
+            cuda_device=device.type == "cuda", tiny=tiny,
             torch=torch.__version__, cuda=torch.version.cuda, transformers=transformers.__version__,
             python=platform.python_version(), dtype=str(dtype).replace("torch.", ""),
-            command=command_line())
+            command=harness.command_line())
     say(f"device {gpu}; torch {torch.__version__}; transformers {transformers.__version__}")
 
 
-def append_markdown(path: str, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    existing = target.read_text() if target.exists() else ""
-    with open(target, "a") as f:
-        if existing and not existing.endswith("\n\n"):
-            f.write("\n" if existing.endswith("\n") else "\n\n")
-        f.write(text)
+def write(rows: list[dict], doc: str | None) -> None:
+    text = render(rows)
+    title = section_title(rows)
+    print(f"## {title}\n\n" + "\n".join(metadata(rows)) + "\n\n" + text)
+    if doc:
+        harness.write_section(doc, title, text, metadata(rows))
 
 
 def main(argv=None) -> int:
     global log_file
+    harness.setup_env()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="gemma2_9b", help=f"comma list of {', '.join([*SHAPES, *REAL_WEIGHTS])}")
     p.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cuda or cpu")
@@ -684,16 +692,14 @@ def main(argv=None) -> int:
     p.add_argument("--min-section-s", type=float, default=20)
     p.add_argument("--json-out", default=None, help="append every result as a JSON line here")
     p.add_argument("--log", default=None, help="copy of the console output")
-    p.add_argument("--append", default=None, help="append the markdown section to this file (e.g. docs/benchmarks.md)")
+    p.add_argument("--doc", default=None,
+                   help="write (replace) this run's section in this markdown file (e.g. docs/benchmarks.md)")
     p.add_argument("--render", nargs="*", default=None, help="only render saved JSON-lines files (no measurement)")
     args = p.parse_args(argv)
 
     if args.render is not None:
         rows = [json.loads(line) for path in args.render for line in Path(path).read_text().splitlines() if line]
-        text = render(rows)
-        print(text)
-        if args.append:
-            append_markdown(args.append, text)
+        write(rows, args.doc)
         return 0
 
     started = time.perf_counter()
@@ -737,7 +743,7 @@ def main(argv=None) -> int:
         device = torch.device(want)
         dtype = torch.bfloat16 if want == "cuda" else torch.float32
     rec = Recorder(args.json_out)
-    env_row(rec, device, dtype)
+    env_row(rec, device, dtype, args.tiny)
     clock = Clock(device)
     sections = [s for s in ("profile", "prefill", "taylor", "e2e") if s in args.sections]
     if "decode" in args.sections and "prefill" not in sections:
@@ -786,10 +792,7 @@ def main(argv=None) -> int:
             say(f"  [{section} took {time.perf_counter() - t0:.1f} s]")
         del model, adapter
         free_memory()
-    text = render(rec.rows)
-    print(text)
-    if args.append:
-        append_markdown(args.append, text)
+    write(rec.rows, args.doc)
     say(f"total {time.perf_counter() - started:.1f} s")
     return 0
 

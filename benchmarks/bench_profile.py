@@ -1,6 +1,6 @@
 """Profile-stage performance on Gemma-3 270M (CPU): `diet.profile.collect` vs the same forward passes without hooks.
 
-    python benchmarks/bench_profile.py [--quick] [--append docs/benchmarks.md]
+    python benchmarks/bench_profile.py [--quick | --tiny] [--doc docs/benchmarks.md]
 
 Settings (both from the demo tasks, no network needed):
   short  the pipeline's own calibration batches: `calibration_set(demo_capitals, n_docs, seed=0)` tokenized by
@@ -34,11 +34,7 @@ and the process peak (rss).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -46,115 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
-for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_key, "1")
-os.environ.setdefault("WANDB_MODE", "offline")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
 
-import torch  # noqa: E402
+import harness  # the benchmarks folder is sys.path[0] when a script runs
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from diet import profile  # noqa: E402
-
-DEMO_TASKS = ["demo_capitals", "demo_antonyms", "demo_sums", "demo_plurals"]
-VARIANTS = ("plain", "mlp", "hidden", "full")
-
-
-# ----------------------------------------------------------------------------------------------- shared helpers
-
-def load_model(cache_dir: str):
-    """(model, tokenizer, adapter) of the converted Gemma-3 270M checkpoint, float32, eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from diet.models import demo
-    from diet.models.adapters import get_adapter
-
-    path = demo.checkpoint(cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, get_adapter(model)
-
-
-def load_demo_tasks(cache_dir: str, names=DEMO_TASKS) -> dict:
-    from diet import tasks
-
-    return tasks.load_tasks(list(names), data_dir=str(Path(cache_dir) / "data"))
-
-
-def calibration_texts(task_objects: dict, n_docs: int) -> dict[str, list[str]]:
-    from diet.tasks import calibration
-
-    return {name: calibration.calibration_set(task, n_docs, seed=0).texts for name, task in task_objects.items()}
-
-
-def machine_info() -> dict[str, str]:
-    import transformers
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "threads": str(torch.get_num_threads()),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
-
-
-def command_line() -> str:
-    """The command that reruns this benchmark from the repository root, however the script was launched."""
-    rel = os.path.relpath(sys.argv[0], REPO) if os.path.isabs(sys.argv[0]) else sys.argv[0]
-    return shlex.join(["python", rel, *sys.argv[1:]])
-
-
-def append_markdown(path: str, title: str, body: str) -> None:
-    """Append `body` under a dated heading with the machine and the exact command; create the file if needed."""
-    target = Path(path)
-    if not target.is_absolute():
-        target = REPO / target
-    info = machine_info()
-    header = (f"\n## {title} ({datetime.date.today().isoformat()})\n\n"
-              f"- machine: {info['cpu']}, {info['cores']} cores; torch threads: {info['threads']}\n"
-              f"- versions: torch {info['torch']}, transformers {info['transformers']}, python {info['python']}\n"
-              f"- command: `{command_line()}`\n\n")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    existing = target.read_text() if target.exists() else "# Benchmarks\n"
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(existing.rstrip("\n") + "\n" + header + body.rstrip("\n") + "\n")
-    os.replace(tmp, target)
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def interleaved(fns: dict, repeats: int, log=None) -> dict[str, list[float]]:
-    """Seconds per call of each fn, run A B C .., B C .. A, ... (order rotated each repeat)."""
-    names = list(fns)
-    times = {n: [] for n in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            started = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - started)
-        if log:
-            log(f"  repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names))
-    return times
-
-
-def median_ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
-    ratios = [a / b for a, b in zip(num, den)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+TITLE = "Profile stage: hook overhead (Gemma-3 270M, CPU)"
 
 
 def alloc_peak(fn) -> tuple[int, object]:
@@ -195,10 +87,13 @@ def rss_peak_of(fn) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- this benchmark
 
 def build_settings(tokenizer, cache_dir: str, n_docs: int, batch_size: int, long_docs: int, long_tokens: int):
-    task_objects = load_demo_tasks(cache_dir)
-    short_texts = calibration_texts({"demo_capitals": task_objects["demo_capitals"]}, n_docs)["demo_capitals"]
+    from diet import profile
+
+    task_objects = harness.load_demo_tasks(cache_dir)
+    short_texts = harness.calibration_texts({"demo_capitals": task_objects["demo_capitals"]},
+                                            n_docs)["demo_capitals"]
     short = profile.tokenize(tokenizer, short_texts, 512, batch_size)
-    per_task = calibration_texts(task_objects, 48)
+    per_task = harness.calibration_texts(task_objects, 48)
     stream = [texts[i] for i in range(48) for texts in per_task.values()]
     long_texts = ["\n".join(stream[24 * i:] + stream[:24 * i]) for i in range(long_docs)]
     long = profile.tokenize(tokenizer, long_texts, long_tokens, batch_size)
@@ -209,6 +104,8 @@ def build_settings(tokenizer, cache_dir: str, n_docs: int, batch_size: int, long
 
 
 def make_variants(model, adapter, batches) -> dict:
+    from diet import profile
+
     decoder = model.get_decoder()
 
     @torch.inference_mode()
@@ -229,9 +126,14 @@ def make_variants(model, adapter, batches) -> dict:
     }
 
 
+def load(args):
+    loaded = harness.load_model(harness.run_config([f"model={args.model}"]), args.cache_dir)
+    return loaded.model, loaded.tokenizer, loaded.adapter
+
+
 def rss_worker(args) -> None:
     torch.set_num_threads(args.threads)
-    model, tokenizer, adapter = load_model(args.cache_dir)
+    model, tokenizer, adapter = load(args)
     settings = build_settings(tokenizer, args.cache_dir, args.n_docs, args.batch_size, args.long_docs,
                               args.long_tokens)
     batches = list(settings.values())[args.rss_worker_setting]
@@ -248,7 +150,7 @@ def rss_in_subprocesses(args, setting_index: int, variants: list[str], samples: 
     from concurrent.futures import ThreadPoolExecutor
 
     def one(variant: str):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--cache-dir", args.cache_dir,
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--cache-dir", args.cache_dir, "--model", args.model,
                "--threads", str(args.threads), "--n-docs", str(args.n_docs), "--batch-size", str(args.batch_size),
                "--long-docs", str(args.long_docs), "--long-tokens", str(args.long_tokens),
                "--rss-worker-setting", str(setting_index), "--rss-worker-variant", variant]
@@ -274,7 +176,10 @@ def parse_args(argv=None):
     parser.add_argument("--cache-dir", default="outputs/cache", help="where the converted checkpoint lives")
     parser.add_argument("--quick", action="store_true", help="smaller run: 16 docs, 4 x 128 tokens, fewer repeats, "
                                                              "no rss subprocesses")
-    parser.add_argument("--append", metavar="MD", help="append the tables to this markdown file")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke test: model tiny_gemma2 (random weights), 8 docs, 2 x 32 tokens, 1 repeat, no rss")
+    parser.add_argument("--model", default="gemma3_270m", help="a conf/model name (the run's loader)")
+    parser.add_argument("--doc", metavar="MD", help="write (replace) this benchmark's section in this markdown file")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine two OpenMP threads are slowed "
                              "5-10x by any other load, which swamps the ratios)")
@@ -293,15 +198,19 @@ def parse_args(argv=None):
     quick = args.quick
     defaults = {"n_docs": 16 if quick else 48, "long_docs": 4 if quick else 8, "long_tokens": 128 if quick else 256,
                 "repeats_short": 3 if quick else 5, "repeats_long": 2 if quick else 3}
+    if args.tiny:
+        args.model = "tiny_gemma2"
+        defaults = {"n_docs": 8, "long_docs": 2, "long_tokens": 32, "repeats_short": 1, "repeats_long": 1}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if quick:
+    if quick or args.tiny:
         args.no_rss = True
     return args
 
 
 def main(argv=None) -> None:
+    harness.setup_env()
     args = parse_args(argv)
     if args.rss_worker_variant is not None:
         rss_worker(args)
@@ -312,7 +221,7 @@ def main(argv=None) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    model, tokenizer, adapter = load_model(args.cache_dir)
+    model, tokenizer, adapter = load(args)
     settings = build_settings(tokenizer, args.cache_dir, args.n_docs, args.batch_size, args.long_docs,
                               args.long_tokens)
     timing_rows, memory_rows = [], []
@@ -330,7 +239,7 @@ def main(argv=None) -> None:
         del results
         log("  alloc peaks MiB: " + ", ".join(f"{n} {p / 2**20:.1f}" for n, p in peaks.items()))
         repeats = args.repeats_short if index == 0 else args.repeats_long
-        times = interleaved(variants, repeats, log)
+        times = harness.interleaved(variants, repeats, log=log)
         plain = statistics.median(times["plain"])
         rss = {}
         if not args.no_rss:
@@ -340,8 +249,8 @@ def main(argv=None) -> None:
                 log(f"  rss {name}: " + ", ".join(f"peak {r['peak_mib']:.0f} (+{r['peak_mib'] - r['before_mib']:.0f})"
                                                  for r in results))
         for target in ("mlp", "hidden"):
-            ratio, lo, hi = median_ratio(times[target], times["plain"])
-            vs_full, _, _ = median_ratio(times[target], times["full"])
+            ratio, lo, hi = harness.median_ratio(times[target], times["plain"])
+            vs_full, _, _ = harness.median_ratio(times[target], times["full"])
             collect_s = statistics.median(times[target])
             timing_rows.append([
                 setting, target, f"{tokens} ({padded})", f"{plain:.3f}", f"{collect_s:.3f}",
@@ -374,10 +283,10 @@ def main(argv=None) -> None:
                             f"{peaks['full'] / 2**20:.2f}", "-",
                             f"{peaks['full'] / peaks['plain']:.3f}", "", "-", "-", "-", "-", ""])
 
-    timing = markdown_table(
+    timing = harness.markdown_table(
         ["setting", "target", "tokens (with pad)", "plain decoder s", "collect s", "collect / plain, median [range]",
          "<= 1.10x", "profiling tok/s", "full model(...) s", "collect / full"], timing_rows)
-    memory = markdown_table(
+    memory = harness.markdown_table(
         ["setting", "target", "alloc peak plain MiB", "alloc peak collect MiB", "of which returned stats MiB",
          "alloc ratio", "<= 1.05x",
          "RSS samples", "RSS peak plain MiB (+growth)", "RSS peak collect MiB (+growth)",
@@ -393,8 +302,9 @@ def main(argv=None) -> None:
             f"ratio = median collect peak / median plain peak (worst sample in brackets).\n\n"
             f"{memory}\n\nTotal benchmark time {time.perf_counter() - started:.0f} s.\n")
     print(body)
-    if args.append:
-        append_markdown(args.append, "Profile stage: hook overhead (Gemma-3 270M, CPU)", body)
+    if args.doc:
+        title = TITLE if args.model == "gemma3_270m" else TITLE.replace("Gemma-3 270M", args.model)
+        harness.write_section(args.doc, title, body)
 
 
 if __name__ == "__main__":

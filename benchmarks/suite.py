@@ -2,17 +2,19 @@
 """The whole benchmark suite in one command: the CPU parts always, the GPU part when CUDA is present.
 
   profile     bench_profile.py: hook overhead (time, allocator and process-RSS peaks), Gemma-3 270M, real weights
-  prune       bench_prune.py: vote + prune seconds vs profiling; pruned-vs-dense prefill at sparsity 0.2/0.3/0.5,
-              mlp and hidden, multiple_of 1 and 128, batch 1/8/32, with parameter and FLOP ratios
+  prune       bench_prune.py: the run's vote + prune seconds vs profiling; pruned-vs-dense prefill at sparsity
+              0.2/0.3/0.5, mlp, hidden, heads, mlp+heads (those diet accepts), multiple_of 1 and 128, batch 1/8/32,
+              with parameter and FLOP ratios
   models-cpu  bench_gpu.py --device cpu on gemma3_270m (real weights): the Taylor (gradient) importance pass vs
               DIET's forward-only profiling, end to end profile + vote + prune at 7 tasks x 100 samples, decode
   gpu         bench_gpu.py on CUDA in bf16: gemma3_270m (real weights) and the gemma2 2b/9b/27b and Llama-3-8B shapes
               (random weights), every section; skipped, and said so, without a GPU
 
-Every part is a subprocess that appends its own section (date, machine, versions, exact command) to `--append`.
+Every part is a subprocess that writes its own sections (date, machine, versions, exact command) into `--doc`,
+replacing the ones a previous run wrote there (one current section per benchmark; history lives in git).
 Exit status: 0 when every part that ran succeeded, 1 otherwise (the failed parts are listed).
 
-  python benchmarks/suite.py --cache-dir outputs/cache --append docs/benchmarks.md          # ~40 min on 2 cores
+  python benchmarks/suite.py --cache-dir outputs/cache --doc docs/benchmarks.md             # ~40 min on 2 cores
   python benchmarks/suite.py --quick                                                        # ~8 min, prints only
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ GPU_MODELS = "gemma3_270m,gemma2_2b,gemma2_9b,gemma2_27b,llama3_8b"
 
 
 def commands(args, has_cuda: bool) -> dict[str, list[str] | None]:
-    common = ["--cache-dir", args.cache_dir] + (["--append", args.append] if args.append else [])
+    common = ["--cache-dir", args.cache_dir] + (["--doc", args.doc] if args.doc else [])
     quick = ["--quick"] if args.quick else []
     cpu_models = ["--seq", "128", "--e2e-samples", "100", "--taylor-batches", "4", "--reps", "3"]
     if args.quick:
@@ -53,7 +55,7 @@ def commands(args, has_cuda: bool) -> dict[str, list[str] | None]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cache-dir", default="outputs/cache", help="holds the converted Gemma-3 270M checkpoint")
-    p.add_argument("--append", default=None, help="markdown file each part appends its section to")
+    p.add_argument("--doc", default=None, help="markdown file in which each part writes (replaces) its sections")
     p.add_argument("--quick", action="store_true", help="smaller settings everywhere (a smoke run of the suite)")
     p.add_argument("--skip", default="", help=f"comma list of parts to leave out: {', '.join(PARTS)}")
     p.add_argument("--gpu-budget", type=float, default=1800, help="seconds for the GPU part")
