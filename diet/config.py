@@ -59,9 +59,12 @@ def validate(cfg: DictConfig) -> None:
              chosen, f"{', '.join(TARGETS)}, or a list of them, each once (e.g. [mlp,heads])")
     per_target = cfg.prune.get("sparsity_per_target") or {}
     for name, value in per_target.items():
+        if value is None:
+            continue
         _require(name in names, f"prune.sparsity_per_target.{name}", value,
                  f"a key among prune.target ({', '.join(names)})")
-        _require(_is_number(value) and 0 <= value < 1, f"prune.sparsity_per_target.{name}", value, "a number in [0, 1)")
+        _require(_is_number(value) and 0 <= value < 1, f"prune.sparsity_per_target.{name}", value,
+                 "a number in [0, 1)")
     _require(cfg.prune.get("heads_gqa", "per_group") in GQA_MODES, "prune.heads_gqa", cfg.prune.get("heads_gqa"),
              ", ".join(GQA_MODES))
     _require(cfg.prune.scope in SCOPES, "prune.scope", cfg.prune.scope, ", ".join(SCOPES))
@@ -98,7 +101,8 @@ def validate(cfg: DictConfig) -> None:
 def target_sparsity(cfg: DictConfig, name: str) -> float:
     """The fraction of `name`'s dimensions to remove: prune.sparsity_per_target.<name>, else sparsity."""
     per_target = cfg.prune.get("sparsity_per_target") or {}
-    return float(per_target.get(name, cfg.sparsity))
+    value = per_target.get(name)
+    return float(cfg.sparsity if value is None else value)
 
 
 def target_options(cfg: DictConfig, name: str) -> dict:

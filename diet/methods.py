@@ -44,6 +44,10 @@ class Method:
     per_task_eval: bool = False
     uses_scores_for_plots: bool = True  # False: the scores mean nothing to plot (random)
 
+    def calibration_for(self, source: str) -> str:
+        """`calib.source=generic` pools the calibration of a per-task method (one ranking, nothing voted)."""
+        return "pooled" if self.calibration == "task" and source == "generic" else self.calibration
+
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diet", "task", activation_scores),
@@ -75,3 +79,36 @@ def held_out_docs(calib_sets: dict) -> dict[str, list[int]]:
     """Per task, the documents calibration took from the evaluated split (they are excluded from evaluation)."""
     return {part.task: part.doc_ids for c in calib_sets.values() for part in (c.parts.values() or [c])
             if part.held_out_of_eval}
+
+
+def make_masks(method: Method, target_names: list[str], model, adapter, stats: dict, *, scoring_name: str, seed: int,
+               sparsity: dict[str, float], target_options: dict[str, dict], rules: dict):
+    """The vote stage: each target's scores from `method`, voted into masks under `rules` (scope, min_keep,
+    multiple_of, vote_method, threshold, exact_budget). Returns (masks, per-task masks {task: {group: mask}},
+    votes {group: counts}, mean normalised score per group or None); per-task masks and votes only when tasks
+    were voted (not for generic, magnitude, random)."""
+    from diet import targets, vote
+
+    masks, per_task, votes, means = {}, {}, {}, {}
+    for name in target_names:
+        target = targets.get(name, **target_options.get(name, {}))
+        own = {task: {p: s for p, s in task_stats.items() if targets.owner(p) == name}
+               for task, task_stats in stats.items()}
+        scores = method.scores(target, model, adapter, own, scoring_name, seed)
+        widths = target.widths(model, adapter)
+        for task_scores in scores.values():
+            for group, score in task_scores.items():
+                if score.numel() != widths[group]:
+                    raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
+                                    f"has {widths[group]}; delete the stale cache under cache_dir")
+        target_rules = {**rules, "multiple_of": target.multiple_of(model, adapter, rules["multiple_of"])}
+        target_masks, target_per_task, target_votes = target.vote(model, adapter, scores, sparsity=sparsity[name],
+                                                                  **target_rules)
+        masks.update(target_masks)
+        if len(scores) > 1:
+            for task, task_masks in target_per_task.items():
+                per_task.setdefault(task, {}).update(task_masks)
+            votes.update(target_votes)
+        if method.uses_scores_for_plots:
+            means.update(vote.mean_normalised_scores(scores))
+    return masks, per_task, votes, (means or None)

@@ -80,6 +80,23 @@ class Recorder:
         return self.json("results.json", result.to_json())
 
 
+def task_mask_tensors(per_task_masks: dict) -> dict[str, torch.Tensor]:
+    """Each task's own masks under `task.<task>.<key>`, as mask.safetensors stores them."""
+    return {f"task.{task}.{key}": m for task, masks in per_task_masks.items() for key, m in masks.items()}
+
+
+def sparsity(requested: float, masks: dict[str, torch.Tensor], target_names: list[str]) -> dict:
+    """{"requested", "achieved"} over every mask, plus "per_target" when several targets were pruned."""
+    from diet import targets
+    from diet.vote import achieved_sparsity
+
+    out = {"requested": float(requested), "achieved": achieved_sparsity(masks)}
+    if len(target_names) > 1:
+        out["per_target"] = {n: achieved_sparsity({k: m for k, m in masks.items() if targets.owner(k) == n})
+                             for n in target_names}
+    return out
+
+
 def versions() -> dict:
     import lm_eval
     import transformers

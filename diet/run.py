@@ -7,56 +7,16 @@ import time
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from diet import (DietError, cache, config, evaluate, methods, models, plots, profile, prune, record, targets,
-                  tracking, vote)
+from diet import DietError, cache, config, evaluate, methods, models, plots, profile, prune, record, targets, tracking
 from diet import tasks as task_lib
 from diet.tasks import calibration
 
 log = logging.getLogger("diet")
-
-
-def gpu_alignment_warning(device: torch.device, multiple_of: int) -> str | None:
-    """Unaligned kept widths (11469 of 14336, say) ran 2-3.4x slower than the dense model on an H100 in bf16."""
-    if device.type != "cuda" or multiple_of % 64 == 0:
-        return None
-    return (f"prune.multiple_of={multiple_of} on a GPU: kept widths that are not multiples of 64 made pruned "
-            "gemma2_9b / llama3_8b 2-3.4x slower than dense on an H100 (docs/benchmarks.md); "
-            "prune.multiple_of=128 is recommended here")
-
-
-def vote_stage(cfg, loaded, stats: dict, method: methods.Method):
-    """Each target's masks from the method's scores: (masks, per-task masks, votes, mean normalised scores)."""
-    model, adapter = loaded.model, loaded.adapter
-    masks, per_task, votes, means = {}, {}, {}, {}
-    for name in targets.names(cfg.prune.target):
-        target = targets.get(name, **config.target_options(cfg, name))
-        own = {task: {p: s for p, s in task_stats.items() if targets.owner(p) == name}
-               for task, task_stats in stats.items()}
-        scores = method.scores(target, model, adapter, own, cfg.scoring.name, cfg.seed)
-        widths = target.widths(model, adapter)
-        for task_scores in scores.values():
-            for group, score in task_scores.items():
-                if score.numel() != widths[group]:
-                    raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
-                                    f"has {widths[group]}; delete the stale cache under cache_dir")
-        target_masks, target_per_task, target_votes = target.vote(
-            model, adapter, scores, sparsity=config.target_sparsity(cfg, name), scope=cfg.prune.scope,
-            min_keep=cfg.prune.min_keep, multiple_of=target.multiple_of(model, adapter, cfg.prune.multiple_of),
-            vote_method=cfg.vote.method, threshold=cfg.vote.threshold, exact_budget=cfg.vote.exact_budget)
-        masks.update(target_masks)
-        if len(scores) > 1:  # generic / magnitude / random: one ranking, nothing voted
-            for task, task_masks in target_per_task.items():
-                per_task.setdefault(task, {}).update(task_masks)
-            votes.update(target_votes)
-        if method.uses_scores_for_plots:
-            means.update(vote.mean_normalised_scores(scores))
-    return masks, per_task, votes, (means or None)
 
 
 def run(cfg: DictConfig) -> record.RunResult | dict:
@@ -65,25 +25,22 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
     recorder = record.Recorder(Path(hydra_cfg.runtime.output_dir))
     recorder.status("running", stage="setup")
     started, timings = time.perf_counter(), {}
-    cache_dir = Path(to_absolute_path(cfg.cache_dir))
-    device = models.resolve_device(cfg.device)
-    method = methods.get(cfg.method.name)
-    target_names = targets.names(cfg.prune.target)
+    cache_dir, device = Path(to_absolute_path(cfg.cache_dir)), models.resolve_device(cfg.device)
+    method, target_names = methods.get(cfg.method.name), targets.names(cfg.prune.target)
     calib = OmegaConf.to_container(cfg.calib, resolve=True)
     profile_names = list(cfg.tasks.names)
     eval_names = list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_names
     task_objects = task_lib.load_tasks(sorted(set(profile_names) | set(eval_names)), data_dir=str(cache_dir / "data"),
                                        local_dir=to_absolute_path(cfg.data.local_dir) if cfg.data.local_dir else None)
-    kind = "pooled" if method.calibration == "task" and cfg.calib.source == "generic" else method.calibration
-    calib_sets = methods.calibration_sets(kind, {n: task_objects[n] for n in profile_names}, cfg.calib.n_samples,
-                                          cfg.seed, cfg.calib.include_target)
+    calib_sets = methods.calibration_sets(method.calibration_for(cfg.calib.source), {n: task_objects[n] for n in
+                                          profile_names}, cfg.calib.n_samples, cfg.seed, cfg.calib.include_target)
     loaded = models.load(cfg.model, device=device, cache_dir=str(cache_dir), seed=cfg.seed)
 
     recorder.status("running", stage="profile")
     t = time.perf_counter()
-    stats, cache_status = profile.profile_sets(
-        loaded, calib_sets, target_names, cache_dir, calib, seed=cfg.seed, dtype=cfg.model.dtype,
-        offload_device=device if cfg.model.get("offload") else None)
+    stats, cache_status = profile.profile_sets(loaded, calib_sets, target_names, cache_dir, calib, seed=cfg.seed,
+                                               dtype=cfg.model.dtype,
+                                               offload_device=device if cfg.model.get("offload") else None)
     timings["profile"] = time.perf_counter() - t
     held_out = methods.held_out_docs(calib_sets)
     for calib_set in calib_sets.values():
@@ -108,20 +65,21 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
 
     recorder.status("running", stage="vote")
     t = time.perf_counter()
-    warning = gpu_alignment_warning(profile.input_device(loaded.model, loaded.adapter), cfg.prune.multiple_of)
-    if warning:
+    input_device = profile.input_device(loaded.model, loaded.adapter)
+    if warning := prune.gpu_alignment_warning(input_device, cfg.prune.multiple_of):
         log.warning(warning)
-    masks, per_task_masks, votes, mean_scores = vote_stage(cfg, loaded, stats, method)
+    masks, per_task_masks, votes, mean_scores = methods.make_masks(
+        method, target_names, loaded.model, loaded.adapter, stats, scoring_name=cfg.scoring.name, seed=cfg.seed,
+        sparsity={n: config.target_sparsity(cfg, n) for n in target_names},
+        target_options={n: config.target_options(cfg, n) for n in target_names},
+        rules=dict(scope=cfg.prune.scope, min_keep=cfg.prune.min_keep, multiple_of=cfg.prune.multiple_of,
+                   vote_method=cfg.vote.method, threshold=cfg.vote.threshold, exact_budget=cfg.vote.exact_budget))
     timings["vote"] = time.perf_counter() - t
-    achieved = {"requested": float(cfg.sparsity), "achieved": vote.achieved_sparsity(masks)}
-    if len(target_names) > 1:
-        achieved["per_target"] = {n: vote.achieved_sparsity({k: m for k, m in masks.items()
-                                                             if targets.owner(k) == n}) for n in target_names}
-    log.info("vote: %s, achieved sparsity %s (requested %.4f)", method.name, achieved, cfg.sparsity)
-    mask_path = recorder.masks({**masks, **{f"task.{task}.{g}": m for task, task_masks in per_task_masks.items()
-                                            for g, m in task_masks.items()}},
-                               {"target": "+".join(target_names), "scope": cfg.prune.scope,
-                                "sparsity": str(cfg.sparsity), "method": method.name})
+    sparsity = record.sparsity(cfg.sparsity, masks, target_names)
+    log.info("vote: %s, sparsity %s", method.name, sparsity)
+    mask_path = recorder.masks({**masks, **record.task_mask_tensors(per_task_masks)}, {
+        "target": "+".join(target_names), "scope": cfg.prune.scope, "sparsity": str(cfg.sparsity),
+        "method": method.name})
 
     dense_params = prune.count_params(loaded.model)
     if method.per_task_eval:
@@ -147,19 +105,19 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
         timings["eval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
 
+    used = record.task_mask_tensors(per_task_masks) if method.per_task_eval else masks  # what the evaluation used
     result = record.RunResult(
         model=cfg.model.name, model_id=cfg.model.name_or_path, tasks=profile_names, eval_tasks=eval_names,
         method=method.name, scoring=cfg.scoring.name, target="+".join(target_names), scope=cfg.prune.scope,
-        seed=cfg.seed, sparsity=achieved, vote=OmegaConf.to_container(cfg.vote),
-        prune=OmegaConf.to_container(cfg.prune), calib=calib, params={"dense": dense_params, "pruned": pruned_params},
-        metrics=metrics, average=evaluate.averages(metrics), paper_metric={t: evaluate.paper_metric(t) for t in eval_names},
-        dense_metrics=dense_metrics, dense_average=evaluate.averages(dense_metrics) if dense_metrics else None,
-        timings_s=timings, profile_cache=cache_status, calibration=record.describe_calibration(calib_sets),
-        mask_sha256=record.mask_sha256(masks), versions=record.versions(),
+        seed=cfg.seed, sparsity=sparsity, vote=OmegaConf.to_container(cfg.vote, resolve=True),
+        prune=OmegaConf.to_container(cfg.prune, resolve=True), calib=calib,
+        params={"dense": dense_params, "pruned": pruned_params}, metrics=metrics, average=evaluate.averages(metrics),
+        paper_metric={t: evaluate.paper_metric(t) for t in eval_names}, dense_metrics=dense_metrics,
+        dense_average=evaluate.averages(dense_metrics) if dense_metrics else None, timings_s=timings,
+        profile_cache=cache_status, calibration=record.describe_calibration(calib_sets),
+        mask_sha256=record.mask_sha256(used), versions=record.versions(),
         task_mask_sha256={t: record.mask_sha256(m) for t, m in per_task_masks.items()} if method.per_task_eval
         else None, drop=record.drops(dense_metrics, metrics) if dense_metrics else None)
-    if method.per_task_eval:  # the masks the evaluated models used
-        result.mask_sha256 = record.mask_sha256({f"{t}.{g}": m for t, tm in per_task_masks.items() for g, m in tm.items()})
     recorder.result(result)
     plot_paths = plots.write_all(recorder.dir, masks, per_task_masks, votes, mean_scores, result.target)
     recorder.status("done")

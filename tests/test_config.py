@@ -49,7 +49,7 @@ def test_any_task_list_and_checkpoint_path():
     ("vote.threshold=1.5", "vote.threshold: 1.5 is not allowed"),
     ("prune.target=width", "prune.target: 'width' is not allowed; allowed: mlp, hidden, heads"),
         ("prune.heads_gqa=some", "prune.heads_gqa: 'some' is not allowed; allowed: per_group, kv_group"),
-        ("+prune.sparsity_per_target.heads=0.3", "prune.sparsity_per_target.heads: 0.3 is not allowed; allowed: a key among prune.target (mlp)"),
+        ("prune.sparsity_per_target.heads=0.3", "prune.sparsity_per_target.heads: 0.3 is not allowed; allowed: a key among prune.target (mlp)"),
     ("eval.batch_size=big", "eval.batch_size: 'big' is not allowed; allowed: an integer >= 1 or auto"),
     ("tasks.names=[]", "tasks.names: [] is not allowed"),
     ("data.local_dir=/no/such/dir", "data.local_dir: '/no/such/dir' is not a folder"),

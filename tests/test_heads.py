@@ -146,8 +146,8 @@ def test_heads_masks_from_every_method_prune_to_a_valid_model(scope, gqa):
                     for i in range(LAYERS)}
              for task, g in ((t, torch.Generator().manual_seed(s)) for s, t in enumerate("abc"))}
     for name, method in methods.METHODS.items():
-        scores = method.scores(heads, model, adapter, stats if method.calibration == "task" else {"generic": stats["a"]},
-                               "wanda", 0)
+        calibrated = stats if method.calibration == "task" else {"generic": stats["a"]}
+        scores = method.scores(heads, model, adapter, calibrated, "wanda", 0)
         masks, _, _ = heads.vote(model, adapter, scores, sparsity=0.5, scope=scope, min_keep=0.25, multiple_of=128)
         assert all(int(m.sum()) >= 1 for m in masks.values()), name
         assert 0 < vote.achieved_sparsity(masks) <= 0.5, name
