@@ -1,8 +1,14 @@
 """Physical removal of pruned dimensions, in place, and saving/loading the smaller model.
 
 Masks are bool keep-masks: `"mlp.<layer index>"` (length: that layer's MLP width) for `target="mlp"`, one
-`"hidden"` mask (length: the residual width, shared by every layer) for `target="hidden"`. Weights are sliced one
-tensor at a time and the old Parameter is replaced, so a second full copy of the model never exists.
+`"hidden"` mask (length: the residual width, shared by every layer) for `target="hidden"`, `"heads.<layer index>"`
+(length: that layer's query heads) for `target="heads"`; a list of targets takes their masks together. The slicing
+itself lives with each target (`diet/targets/`); this module validates the masks, dispatches, saves and loads.
+Weights are sliced one tensor at a time and the old Parameter is replaced, so a second full copy of the model never
+exists.
+
+target="heads": q_proj rows and o_proj columns of removed heads, k_proj/v_proj rows of KV groups left without a
+query head (see targets/heads.py); the pruned model computes exactly the dense model with those heads' outputs zeroed.
 
 target="mlp": the gate/up output rows and down input columns of removed neurons go. The pruned model computes
 exactly what the dense model computes with those neurons zeroed (`zero_masked_reference`).

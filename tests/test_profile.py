@@ -92,7 +92,7 @@ def test_flatten_round_trip():
 
 
 @pytest.mark.parametrize("name", ["tiny_gemma2", "tiny_llama"])
-@pytest.mark.parametrize("target", ["mlp", "hidden"])
+@pytest.mark.parametrize("target", ["mlp", "hidden", "heads"])
 def test_layerwise_offload_profile_equals_whole_model_profile(tiny_models, name, target):
     """Gemma-2 alternates sliding-window and full attention masks: the capture pass must hand each layer its own."""
     model, tokenizer = tiny_models[name]
