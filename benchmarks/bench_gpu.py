@@ -289,7 +289,8 @@ def bench_profile(rec, name, model, adapter, device, clock, args, shape):
 def bench_e2e(rec, name, model, adapter, device, clock, args, shape):
     from diet.profile import collect, use_fused
     from diet.prune import count_params, prune_model
-    from diet.vote import achieved_sparsity, build_masks, group_scores
+    from diet.scoring import group_scores
+    from diet.vote import achieved_sparsity, build_masks
 
     bs = args.e2e_bs
     tasks = {f"task{t}": random_batches(args.e2e_samples, args.seq, bs, shape["vocab_size"], seed=100 + t)
@@ -353,7 +354,8 @@ def parse_variants(text: str) -> list[tuple[str, float, int]]:
 
 
 def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
-    from diet.prune import count_params, expected_mask_lengths, prune_model
+    from diet.prune import count_params, prune_model
+    from diet.targets import widths as expected_mask_lengths
     from diet.vote import random_masks
 
     in_place = name in IN_PLACE_PREFILL and not args.tiny

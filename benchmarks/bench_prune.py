@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_profile as common  # noqa: E402  (sets the offline environment and sys.path before torch/diet)
 import torch  # noqa: E402
 
-from diet import profile, prune, vote  # noqa: E402
+from diet import profile, prune, scoring, vote  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -72,7 +72,7 @@ def vote_prune_overhead(model, tokenizer, adapter, texts: dict[str, list[str]], 
         profile_s.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        scores = {name: vote.group_scores(s, "act_l2", target) for name, s in stats.items()}
+        scores = {name: scoring.group_scores(s, "act_l2", target) for name, s in stats.items()}
         per_task = {name: vote.task_masks(s, sparsity) for name, s in scores.items()}
         masks, _ = vote.merge(per_task, scores, sparsity)
         vote_s.append(time.perf_counter() - started)
