@@ -28,12 +28,15 @@ explicit `head_dim`; when layers differ (scope=global), `attention_heads` / `key
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from diet import DietError
 from diet.targets.base import Target, column_sq_norms, group_index, keep_inputs, keep_outputs
+
+log = logging.getLogger(__name__)
 
 GQA_MODES = ("per_group", "kv_group")
 
@@ -125,6 +128,9 @@ class HeadsTarget(Target):
         size = self._group_size(model, adapter)
         rules = {**rules, "target": self.name}
         if self.gqa == "kv_group":
+            if all(size[g] == n for g, n in self.widths(model, adapter).items()):
+                log.warning("prune.heads_gqa=kv_group: every layer has a single KV group, which min_keep keeps, so "
+                            "no head is removed; prune.heads_gqa=per_group prunes query heads")
             group_scores = {task: {g: s.reshape(-1, size[g]).mean(dim=1) for g, s in task_scores.items()}
                             for task, task_scores in scores.items()}
             masks, per_task, votes = vote.build_masks(group_scores, **{**rules, "multiple_of": 1})
