@@ -50,6 +50,13 @@ class RunResult:
     task_mask_sha256: dict | None = None   # method=per_task: the hash of each task's own mask
     drop: dict | None = None
 
+    @classmethod
+    def from_json(cls, data: dict) -> "RunResult":
+        """A results.json read back (keys this version does not know are ignored; missing optional ones are None)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names},
+                   **{k: None for k in ("dense_metrics", "dense_average") if k not in data})
+
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
         for optional in ("task_mask_sha256", "drop"):

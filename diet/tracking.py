@@ -94,7 +94,12 @@ def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, g
 
 
 def summary_values(results: "RunResult") -> dict:
-    """Flat W&B summary: per-task metrics, averages, sparsity, parameters, stage times, profile cache hits."""
+    """Flat W&B summary: per-task metrics, averages, sparsity, parameters, stage times, profile cache hits.
+    `results` is a RunResult, or a results.json dict (read back through RunResult.from_json)."""
+    if isinstance(results, dict):
+        from diet.record import RunResult
+
+        results = RunResult.from_json(results)
     values = {f"{task}/{metric}": v for task, row in results.metrics.items() for metric, v in row.items()
               if v is not None}
     values.update({f"average/{metric}": v for metric, v in results.average.items() if v is not None})
