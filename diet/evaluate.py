@@ -53,12 +53,17 @@ def averages(metrics: dict[str, dict]) -> dict[str, float | None]:
     }
 
 
-def dense_eval(loaded, eval_tasks: list, eval_kwargs: dict, store, cache_key: dict) -> dict:
-    """The unpruned model's metrics, cached in `store` (a cache.Cache) so that a sweep evaluates each dense model
-    once. `cache_key` names what the metrics depend on besides lm-eval's version."""
+def dense_eval(loaded, eval_tasks: list, eval_kwargs: dict, cache_dir, *, task_names: list[str],
+               held_out: dict[str, list[int]], local_dir: str | None) -> dict:
+    """The unpruned model's metrics, cached so that a sweep evaluates each dense model once."""
     import lm_eval
 
-    key = {**cache_key, "lm_eval": lm_eval.__version__}
+    from diet import cache
+
+    key = {"model": loaded.fingerprint, "tasks": sorted(task_names), "limit": eval_kwargs["limit"],
+           "num_fewshot": eval_kwargs["num_fewshot"], "lm_eval": lm_eval.__version__, "held_out_of_eval": held_out,
+           "local_dir": local_dir, "seed": eval_kwargs["seed"], "bootstrap_iters": eval_kwargs["bootstrap_iters"]}
+    store = cache.Cache(cache_dir, "dense_eval")
     cached = store.load_json(key)
     log.info("dense eval cache: %s", "hit" if cached is not None else "miss")
     if cached is not None:

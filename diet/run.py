@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from diet import DietError, cache, config, evaluate, methods, models, plots, profile, prune, record, targets, tracking
+from diet import DietError, config, evaluate, methods, models, plots, profile, prune, record, targets, tracking
 from diet import tasks as task_lib
 from diet.tasks import calibration
 
@@ -52,10 +52,8 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
     if cfg.eval.dense:
         recorder.status("running", stage="dense_eval")
         t = time.perf_counter()
-        dense_metrics = evaluate.dense_eval(loaded, eval_tasks, eval_kwargs, cache.Cache(cache_dir, "dense_eval"), {
-            "model": loaded.fingerprint, "tasks": sorted(eval_names), "limit": cfg.eval.limit,
-            "num_fewshot": cfg.eval.num_fewshot, "held_out_of_eval": held_out, "local_dir": cfg.data.local_dir,
-            "seed": cfg.seed, "bootstrap_iters": cfg.eval.bootstrap_iters})
+        dense_metrics = evaluate.dense_eval(loaded, eval_tasks, eval_kwargs, cache_dir, task_names=eval_names,
+                                            held_out=held_out, local_dir=cfg.data.local_dir)
         timings["dense_eval"] = time.perf_counter() - t
     if cfg.stage == "profile":
         recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
