@@ -75,9 +75,9 @@ def wrap_model(model, adapter, tokenizer=None):
 
 def run_widths(loaded, target) -> dict[str, int]:
     """Mask group -> width, as the run computes it."""
-    from diet import run
+    from diet import targets
 
-    return run.widths(loaded, target)
+    return targets.widths(loaded.model, loaded.adapter, target)
 
 
 def run_profile(loaded, texts: list[str], cfg) -> dict:
@@ -93,7 +93,7 @@ def run_vote(cfg, loaded, stats: dict, widths: dict[str, int]) -> dict:
     """The run's vote stage (method, scoring, merge and budget rules from `cfg`); returns the final masks."""
     from diet import run
 
-    return run.vote_stage(cfg, loaded, stats, widths)[0]
+    return run.vote_stage(cfg, loaded, stats)[0]
 
 
 def run_prune(model, adapter, masks: dict, target) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from diet import DietError
+from diet import DietError, methods, scoring, targets
 from diet.profile import FUSED_CHOICES
-from diet.vote import SCOPES, SCORINGS, VOTE_METHODS
+from diet.targets.heads import GQA_MODES
+from diet.vote import SCOPES, VOTE_METHODS
 
 
 def _conf_dir() -> Path:
@@ -21,8 +22,9 @@ def _conf_dir() -> Path:
 
 
 CONF_DIR = _conf_dir()
-METHODS = ("diet", "random", "generic", "magnitude", "per_task")
-TARGETS = ("mlp", "hidden")
+METHODS = tuple(methods.METHODS)
+TARGETS = tuple(targets.TARGETS)
+SCORINGS = tuple(scoring.SCORINGS)
 CALIB_SOURCES = ("task", "generic")
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -76,7 +78,20 @@ def validate(cfg: DictConfig) -> None:
     threshold = cfg.vote.threshold
     _require(threshold is None or (_is_number(threshold) and 0 < threshold <= 1), "vote.threshold", threshold,
              "a fraction in (0, 1], or null for a strict majority")
-    _require(cfg.prune.target in TARGETS, "prune.target", cfg.prune.target, ", ".join(TARGETS))
+    chosen = cfg.prune.target if isinstance(cfg.prune.target, str) else list(cfg.prune.target)
+    names = [chosen] if isinstance(chosen, str) else chosen
+    _require(len(names) >= 1 and all(n in TARGETS for n in names) and len(set(names)) == len(names), "prune.target",
+             chosen, f"{', '.join(TARGETS)}, or a list of them, each once (e.g. [mlp,heads])")
+    per_target = cfg.prune.get("sparsity_per_target") or {}
+    for name, value in per_target.items():
+        if value is None:
+            continue
+        _require(name in names, f"prune.sparsity_per_target.{name}", value,
+                 f"a key among prune.target ({', '.join(names)})")
+        _require(_is_number(value) and 0 <= value < 1, f"prune.sparsity_per_target.{name}", value,
+                 "a number in [0, 1)")
+    _require(cfg.prune.get("heads_gqa", "per_group") in GQA_MODES, "prune.heads_gqa", cfg.prune.get("heads_gqa"),
+             ", ".join(GQA_MODES))
     _require(cfg.prune.scope in SCOPES, "prune.scope", cfg.prune.scope, ", ".join(SCOPES))
     _require(cfg.vote.method in VOTE_METHODS, "vote.method", cfg.vote.method, ", ".join(VOTE_METHODS))
     _require(_is_number(cfg.prune.min_keep) and 0 <= cfg.prune.min_keep <= 1, "prune.min_keep", cfg.prune.min_keep,
@@ -126,6 +141,18 @@ def config_dirs(argv: list[str], conf_dir: Path = CONF_DIR) -> list[Path]:
                 elif entry:
                     dirs.append(Path(entry.removeprefix("file://")).expanduser())
     return dirs + [conf_dir]
+
+
+def target_sparsity(cfg: DictConfig, name: str) -> float:
+    """The fraction of `name`'s dimensions to remove: prune.sparsity_per_target.<name>, else sparsity."""
+    per_target = cfg.prune.get("sparsity_per_target") or {}
+    value = per_target.get(name)
+    return float(cfg.sparsity if value is None else value)
+
+
+def target_options(cfg: DictConfig, name: str) -> dict:
+    """Settings of one target's class (only heads has any)."""
+    return {"gqa": cfg.prune.get("heads_gqa", "per_group")} if name == "heads" else {}
 
 
 def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:

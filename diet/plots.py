@@ -37,17 +37,20 @@ def write_all(run_dir: Path, masks: dict[str, torch.Tensor], per_task_masks: dic
               scores: dict[str, torch.Tensor] | None, target: str) -> list[Path]:
     plt = _pyplot()
     written = []
-    if target == "mlp":
-        groups = sorted(masks, key=lambda g: int(g.rsplit(".", 1)[1]))
+    per_layer = {"mlp": ("FFN neurons", "kept_per_layer.png"), "heads": ("attention heads", "kept_heads_per_layer.png")}
+    for name, (unit, filename) in per_layer.items():
+        groups = sorted((g for g in masks if g.startswith(f"{name}.")), key=lambda g: int(g.rsplit(".", 1)[1]))
+        if not groups:
+            continue
         fig, ax = plt.subplots(figsize=(7, 3))
         ax.bar(range(len(groups)), [int(masks[g].sum()) for g in groups], color="tab:blue", label="kept")
         ax.bar(range(len(groups)), [int((~masks[g]).sum()) for g in groups],
                bottom=[int(masks[g].sum()) for g in groups], color="tab:gray", alpha=0.5, label="removed")
-        ax.set(xlabel="layer", ylabel="FFN neurons", title="kept width per layer")
+        ax.set(xlabel="layer", ylabel=unit, title="kept width per layer")
         ax.legend()
-        written.append(_save(fig, run_dir / "kept_per_layer.png"))
+        written.append(_save(fig, run_dir / filename))
         plt.close(fig)
-    elif scores is not None and "hidden" in scores:
+    if scores is not None and "hidden" in scores:
         score, keep = scores["hidden"].float(), masks["hidden"]
         fig, ax = plt.subplots(figsize=(7, 3))
         bins = torch.linspace(float(score.min()), float(score.max()) + 1e-12, 41).tolist()

@@ -9,25 +9,27 @@ max: several passes over it) and `fused` (the same arithmetic through torch.comp
 once; on an H100 a benchmark prototype of it took the mlp overhead from 1.22x to 1.02x of a plain forward).
 `fused_stats="auto"` picks fused on CUDA and eager elsewhere (CPU compilation costs ~20 s once and buys little there).
 
-Hook points per target:
+Hook points, their widths and the reduction to per-dimension statistics belong to the target (`diet/targets/`):
   mlp    -> `mlp.<i>`: the input of layer i's down projection (intermediate width)
   hidden -> `hidden.<i>`: the residual stream entering decoder layer i, and `hidden.<L>` entering the final norm
-(Attention heads would be a third target: hook the input of o_proj and reduce per head.)
+  heads  -> `heads.<i>`: the input of layer i's o_proj, reduced to one statistic per head (see targets/heads.py)
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from diet import DietError
+import diet
+from diet import DietError, cache, targets
 
 log = logging.getLogger(__name__)
 
 STATS = ("sum_abs", "sum_sq", "max_abs", "count")
-TARGETS = ("mlp", "hidden")
 FUSED_CHOICES = ("auto", True, False)
 
 
@@ -112,14 +114,7 @@ def _home_device(module: torch.nn.Module) -> torch.device:
 
 def hook_points(model, adapter, target: str) -> dict[str, torch.nn.Module]:
     """Name -> module whose first forward input is the activation to profile."""
-    layers = adapter.decoder_layers(model)
-    if target == "mlp":
-        return {f"mlp.{i}": adapter.mlp_projections(layer)[2] for i, layer in enumerate(layers)}
-    if target == "hidden":
-        points = {f"hidden.{i}": layer for i, layer in enumerate(layers)}
-        points[f"hidden.{len(layers)}"] = adapter.final_norm(model)
-        return points
-    raise ValueError(f"unknown target {target!r}")
+    return targets.get(target).hook_points(model, adapter)
 
 
 def _first_input(args, kwargs) -> torch.Tensor:
@@ -144,10 +139,6 @@ def tokenize(tokenizer, texts: list[str], max_length: int, batch_size: int) -> l
     return batches
 
 
-def _decoder(model):
-    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
-
-
 def input_device(model, adapter) -> torch.device:
     """Where input ids must go: the embedding's execution device (accelerate hooks and device maps included)."""
     embedding = adapter.embedding(model)
@@ -158,11 +149,10 @@ def input_device(model, adapter) -> torch.device:
 
 
 def _register(model, adapter, target: str, batch_state: dict, fused: bool):
-    points = hook_points(model, adapter, target)
-    hidden_size = adapter.hidden_size(model)
+    chosen = targets.get(target)
+    points = chosen.hook_points(model, adapter)
     accumulators = {
-        name: _Accumulator(batch_state, module.in_features if target == "mlp" else hidden_size, _home_device(module),
-                           fused)
+        name: _Accumulator(batch_state, chosen.point_width(module, model, adapter), _home_device(module), fused)
         for name, module in points.items()
     }
     handles = [
@@ -173,6 +163,11 @@ def _register(model, adapter, target: str, batch_state: dict, fused: bool):
     return accumulators, handles
 
 
+def _finish(model, adapter, target: str, accumulators: dict) -> dict[str, dict[str, torch.Tensor]]:
+    stats = {name: acc.sums for name, acc in accumulators.items() if acc.called}
+    return targets.get(target).reduce_stats(model, adapter, stats)
+
+
 @torch.inference_mode()
 def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str, *, desc: str = "profile",
             fused_stats="auto") -> dict[str, dict[str, torch.Tensor]]:
@@ -180,12 +175,10 @@ def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str,
 
     Only the decoder runs (the LM head's logits are not needed), which for Gemma's 262k vocabulary is most of the work.
     """
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}")
     device = input_device(model, adapter)
     batch_state: dict = {}
     accumulators, handles = _register(model, adapter, target, batch_state, use_fused(fused_stats, device))
-    decoder = _decoder(model)
+    decoder = adapter.decoder(model)
     try:
         for batch in tqdm(batches, desc=desc, leave=False, disable=None):
             input_ids = batch["input_ids"].to(device, non_blocking=True)
@@ -195,7 +188,7 @@ def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str,
     finally:
         for handle in handles:
             handle.remove()
-    return {name: acc.sums for name, acc in accumulators.items() if acc.called}
+    return _finish(model, adapter, target, accumulators)
 
 
 class _LayerInputs(torch.nn.Module):
@@ -231,22 +224,22 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
     one layer's weights (plus the hidden states of one batch) are on the GPU at any time: a 70B model profiles on
     one GPU. The hidden states of all batches wait in CPU memory between layers.
     """
-    decoder = _decoder(model)
-    layers = decoder.layers
+    decoder = adapter.decoder(model)
+    layers = adapter.layer_list(model)
     calls: list[list] = [[] for _ in layers]
     originals = list(layers)
-    original_norm = decoder.norm
+    original_norm = adapter.final_norm(model)
     try:
         for i in range(len(layers)):
             layers[i] = _LayerInputs(calls[i])
-        decoder.norm = torch.nn.Identity()
+        adapter.set_final_norm(model, torch.nn.Identity())
         for batch in batches:
             decoder(input_ids=batch["input_ids"].to(input_device(model, adapter)),
                     attention_mask=batch["attention_mask"].to(input_device(model, adapter)), use_cache=False)
     finally:
         for i, layer in enumerate(originals):
             layers[i] = layer
-        decoder.norm = original_norm
+        adapter.set_final_norm(model, original_norm)
 
     batch_state: dict = {}
     accumulators, handles = _register(model, adapter, target, batch_state, use_fused(fused_stats, device))
@@ -261,7 +254,7 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
                 batch_state["weights"] = weights[b]
                 hidden[b] = layer(hidden[b].to(device), *_to(args, device), **_to(kwargs, device)).to(storage)
             layer.to(home)
-        if target == "hidden":
+        if any(module is original_norm for module in targets.get(target).hook_points(model, adapter).values()):
             home = next(original_norm.parameters()).device
             original_norm.to(device)
             for b, h in enumerate(hidden):
@@ -271,7 +264,7 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
     finally:
         for handle in handles:
             handle.remove()
-    return {name: acc.sums for name, acc in accumulators.items() if acc.called}
+    return _finish(model, adapter, target, accumulators)
 
 
 def profile_texts(model, adapter, tokenizer, texts: list[str], target: str, *, max_length: int, batch_size: int,
@@ -299,3 +292,44 @@ def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor
         point, name = key.rsplit("/", 1)
         stats.setdefault(point, {})[name] = t
     return stats
+
+
+def cache_key(fingerprint: str, task: str, texts: list[str], target: str, calib: dict, *, seed: int, dtype: str,
+              fused: bool) -> dict:
+    """What a profile depends on: the model, the calibration texts and settings, the target, the kernel."""
+    return {
+        "model": fingerprint, "task": task, "n_samples": calib["n_samples"], "seed": seed,
+        "max_length": calib["max_length"], "include_target": calib["include_target"],
+        "batch_size": calib["batch_size"], "dtype": dtype, "target": target,
+        "texts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
+        "stats_kernel": "fused" if fused else "eager",  # the two round differently (~1e-6 relative)
+        "diet": diet.__version__,
+    }
+
+
+def profile_sets(loaded, calib_sets: dict, target_names: list[str], cache_dir, calib: dict, *, seed: int,
+                 dtype: str, offload_device: torch.device | None = None):
+    """Statistics per calibration set ({set: {hook point: {stat: tensor}}}, every target's points together), each
+    (set, target) from the cache when an identical profile was computed before. Returns (stats, {set: hit|miss})."""
+    store = cache.Cache(cache_dir, "profile")
+    device = offload_device if offload_device is not None else input_device(loaded.model, loaded.adapter)
+    fused = use_fused(calib["fused_stats"], device)
+    stats, status = {}, {}
+    for name, calib_set in calib_sets.items():
+        stats[name], hits = {}, []
+        for target in target_names:
+            key = cache_key(loaded.fingerprint, name, calib_set.texts, target, calib, seed=seed, dtype=dtype,
+                            fused=fused)
+            flat = store.load_tensors(key)
+            hits.append(flat is not None)
+            if flat is None:
+                task_stats = profile_texts(
+                    loaded.model, loaded.adapter, loaded.tokenizer, calib_set.texts, target,
+                    max_length=calib["max_length"], batch_size=calib["batch_size"], desc=f"profile {name}",
+                    layerwise_device=offload_device, fused_stats=fused)
+                flat = flatten(task_stats)
+                store.store_tensors(key, flat)
+            stats[name].update(unflatten({k: v.cpu() for k, v in flat.items()}))
+        status[name] = "hit" if all(hits) else "miss"
+        log.info("profile cache: %s (%s)", status[name], name)
+    return stats, status

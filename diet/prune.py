@@ -1,8 +1,14 @@
 """Physical removal of pruned dimensions, in place, and saving/loading the smaller model.
 
 Masks are bool keep-masks: `"mlp.<layer index>"` (length: that layer's MLP width) for `target="mlp"`, one
-`"hidden"` mask (length: the residual width, shared by every layer) for `target="hidden"`. Weights are sliced one
-tensor at a time and the old Parameter is replaced, so a second full copy of the model never exists.
+`"hidden"` mask (length: the residual width, shared by every layer) for `target="hidden"`, `"heads.<layer index>"`
+(length: that layer's query heads) for `target="heads"`; a list of targets takes their masks together. The slicing
+itself lives with each target (`diet/targets/`); this module validates the masks, dispatches, saves and loads.
+Weights are sliced one tensor at a time and the old Parameter is replaced, so a second full copy of the model never
+exists.
+
+target="heads": q_proj rows and o_proj columns of removed heads, k_proj/v_proj rows of KV groups left without a
+query head (see targets/heads.py); the pruned model computes exactly the dense model with those heads' outputs zeroed.
 
 target="mlp": the gate/up output rows and down input columns of removed neurons go. The pruned model computes
 exactly what the dense model computes with those neurons zeroed (`zero_masked_reference`).
@@ -42,38 +48,38 @@ import torch
 import transformers
 from torch import nn
 
-from diet import DietError, cache
+from diet import DietError, cache, targets
 from diet.models.adapters import Adapter, get_adapter
 
-TARGETS = ("mlp", "hidden")
-
-
-def expected_mask_lengths(model: nn.Module, adapter: Adapter, target: str) -> dict[str, int]:
-    """The mask keys `target` needs and the length each mask must have."""
-    if target == "mlp":
-        return {f"mlp.{i}": width for i, width in enumerate(adapter.intermediate_sizes(model))}
-    if target == "hidden":
-        return {"hidden": adapter.hidden_size(model)}
-    raise DietError(f"prune.target: {target!r} is not supported; allowed: {', '.join(TARGETS)}")
+def gpu_alignment_warning(device: torch.device, multiple_of: int) -> str | None:
+    """Unaligned kept widths (11469 of 14336, say) ran 2-3.4x slower than the dense model on an H100 in bf16."""
+    if device.type != "cuda" or multiple_of % 64 == 0:
+        return None
+    return (f"prune.multiple_of={multiple_of} on a GPU: kept widths that are not multiples of 64 made pruned "
+            "gemma2_9b / llama3_8b 2-3.4x slower than dense on an H100 (docs/benchmarks.md); "
+            "prune.multiple_of=128 is recommended here")
 
 
 def _describe_keys(keys: list[str]) -> str:
     return ", ".join(keys) if len(keys) <= 3 else f"{keys[0]} .. {keys[-1]}"
 
 
-def _kept_indices(model: nn.Module, adapter: Adapter, masks: dict, target: str) -> dict[str, torch.Tensor]:
+def _kept_indices(model: nn.Module, adapter: Adapter, masks: dict, target) -> dict[str, torch.Tensor]:
     """Validate every mask before anything is touched; return the kept indices per key (CPU, int64)."""
-    expected = expected_mask_lengths(model, adapter, target)
+    names = targets.names(target)
+    chosen = [targets.get(name) for name in names]
+    expected = targets.widths(model, adapter, names)
+    label = "+".join(names)
     for key in masks:
         if key not in expected:
             raise DietError(
-                f"masks: unexpected key {key!r} for target {target!r}; allowed keys: {_describe_keys(list(expected))}"
+                f"masks: unexpected key {key!r} for target {label!r}; allowed keys: {_describe_keys(list(expected))}"
             )
     kept = {}
     for key, length in expected.items():
         if key not in masks:
             raise DietError(
-                f"masks[{key!r}]: missing for target {target!r}; expected a bool mask of length {length}"
+                f"masks[{key!r}]: missing for target {label!r}; expected a bool mask of length {length}"
             )
         mask = masks[key]
         if not isinstance(mask, torch.Tensor):
@@ -96,145 +102,38 @@ def _kept_indices(model: nn.Module, adapter: Adapter, masks: dict, target: str) 
                 "a mask must keep at least one"
             )
         kept[key] = indices
+    for t in chosen:
+        t.check(model, adapter, {k: masks[k].detach().cpu() for k in t.widths(model, adapter)})
     return kept
 
 
-def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
-    if factor == 1.0:
-        return tensor
-    return (tensor.float() * factor).to(tensor.dtype)
-
-
-def _set_parameter(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    old = getattr(module, name)
-    setattr(module, name, nn.Parameter(tensor, requires_grad=old.requires_grad))
-
-
-def _keep_outputs(linear: nn.Linear, indices: torch.Tensor, factor: float = 1.0) -> None:
-    indices = indices.to(linear.weight.device)
-    _set_parameter(linear, "weight", _scaled(linear.weight.detach().index_select(0, indices), factor))
-    if linear.bias is not None:
-        _set_parameter(linear, "bias", _scaled(linear.bias.detach().index_select(0, indices), factor))
-    linear.out_features = indices.numel()
-
-
-def _keep_inputs(linear: nn.Linear, indices: torch.Tensor) -> None:
-    indices = indices.to(linear.weight.device)
-    _set_parameter(linear, "weight", linear.weight.detach().index_select(1, indices))
-    linear.in_features = indices.numel()
-
-
-def _keep_norm(norm: nn.Module, indices: torch.Tensor, offset: float, divisor: float = 1.0) -> None:
-    """Slice an RMSNorm's weight and divide its effective scale (offset + weight) by `divisor`."""
-    weight = norm.weight.detach().index_select(0, indices.to(norm.weight.device))
-    if divisor != 1.0:
-        weight = ((offset + weight.float()) / divisor - offset).to(weight.dtype)
-    _set_parameter(norm, "weight", weight)
-
-
-def _set_mlp_width(model: nn.Module, adapter: Adapter, kept: list[torch.Tensor]) -> None:
-    for layer, indices in zip(adapter.decoder_layers(model), kept):
-        gate, up, down = adapter.mlp_projections(layer)
-        _keep_outputs(gate, indices)
-        _keep_outputs(up, indices)
-        _keep_inputs(down, indices)
-        if hasattr(layer.mlp, "intermediate_size"):  # informational attribute of the HF MLP modules
-            layer.mlp.intermediate_size = indices.numel()
-    widths = adapter.intermediate_sizes(model)
-    config = model.config
-    if len(set(widths)) == 1:
-        config.intermediate_size = widths[0]
-        if hasattr(config, "intermediate_sizes"):
-            del config.intermediate_sizes
-    else:
-        config.intermediate_size = max(widths)
-        config.intermediate_sizes = widths
-
-
-def _prune_hidden(model: nn.Module, adapter: Adapter, indices: torch.Tensor) -> None:
-    width, kept_width = adapter.hidden_size(model), indices.numel()
-    c = (kept_width / width) ** 0.5
-    offset = adapter.norm_offset
-    head_dim = adapter.head_dim(model)
-    tied = adapter.word_embeddings_tied(model)
-
-    embedding = adapter.embedding(model)
-    embedding_factor = 1.0 if adapter.embedding_scaled_by_sqrt_width else c
-    embedding_weight = embedding.weight.detach().index_select(1, indices.to(embedding.weight.device))
-    _set_parameter(embedding, "weight", _scaled(embedding_weight, embedding_factor))
-    embedding.embedding_dim = kept_width
-
-    lm_head = adapter.lm_head(model)
-    if tied:
-        lm_head.weight = embedding.weight
-        lm_head.in_features = kept_width
-        lm_head_factor = embedding_factor
-    else:
-        _keep_inputs(lm_head, indices)
-        lm_head_factor = 1.0
-
-    for layer in adapter.decoder_layers(model):
-        for reader in adapter.residual_readers(layer):
-            _keep_inputs(reader, indices)
-        for writer in adapter.residual_writers(layer):
-            _keep_outputs(writer, indices, factor=c)
-        norms = adapter.residual_norms(layer)
-        for norm in norms.pre:
-            _keep_norm(norm, indices, offset, divisor=c)
-        for norm in norms.post:
-            _keep_norm(norm, indices, offset)
-        if hasattr(layer, "hidden_size"):  # informational attribute of the HF decoder layers
-            layer.hidden_size = kept_width
-    _keep_norm(adapter.final_norm(model), indices, offset, divisor=c * lm_head_factor)
-
-    model.config.hidden_size = kept_width
-    model.config.head_dim = head_dim
-    adapter.refresh_embedding_scale(model)
-
-
 @torch.no_grad()
-def prune_model(model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target: str) -> nn.Module:
-    """Remove the dimensions whose mask entry is False, in place; returns `model`. See the module docstring."""
+def prune_model(model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target) -> nn.Module:
+    """Remove the dimensions whose mask entry is False, in place; returns `model`. `target` is a name or a list of
+    names (their masks together in `masks`). See the module docstring and `diet/targets/`."""
     offloaded = [name for name, p in model.named_parameters() if p.device.type == "meta"]
     if offloaded:  # accelerate keeps their values elsewhere and would page the unpruned ones back in
         raise DietError(f"prune: {len(offloaded)} weights (e.g. {offloaded[0]}) are offloaded by model.device_map "
                         "(meta device); allowed: a device map that fits the GPUs, or model.offload=true (the model "
                         "stays in CPU memory, is profiled one layer at a time and pruned in place)")
     kept = _kept_indices(model, adapter, masks, target)
-    if target == "mlp":
-        _set_mlp_width(model, adapter, [kept[f"mlp.{i}"] for i in range(len(kept))])
-    else:
-        _prune_hidden(model, adapter, kept["hidden"])
+    for name in targets.names(target):
+        chosen = targets.get(name)
+        chosen.prune(model, adapter, {k: kept[k] for k in chosen.widths(model, adapter)})
     return model
 
 
 @torch.no_grad()
-def zero_masked_reference(
-    model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target: str
-) -> nn.Module:
+def zero_masked_reference(model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target) -> nn.Module:
     """Zero the removed dimensions of a dense model in place (pass a copy): what `prune_model` must reproduce.
 
     mlp: gate/up rows (and biases) and down columns of removed neurons. hidden: embedding columns and the
     output rows and biases of every residual writer, so the residual stream is exactly zero there throughout.
+    heads: o_proj's columns of removed heads (their outputs never reach the residual stream).
     """
     _kept_indices(model, adapter, masks, target)  # same validation as prune_model
-    if target == "mlp":
-        for i, layer in enumerate(adapter.decoder_layers(model)):
-            removed = ~masks[f"mlp.{i}"].to(layer.mlp.down_proj.weight.device)
-            gate, up, down = adapter.mlp_projections(layer)
-            for linear in (gate, up):
-                linear.weight[removed] = 0
-                if linear.bias is not None:
-                    linear.bias[removed] = 0
-            down.weight[:, removed] = 0
-    else:
-        removed = ~masks["hidden"]
-        adapter.embedding(model).weight[:, removed.to(adapter.embedding(model).weight.device)] = 0
-        for layer in adapter.decoder_layers(model):
-            for writer in adapter.residual_writers(layer):
-                writer.weight[removed.to(writer.weight.device)] = 0
-                if writer.bias is not None:
-                    writer.bias[removed.to(writer.bias.device)] = 0
+    for name in targets.names(target):
+        targets.get(name).zero_masked(model, adapter, masks)
     return model
 
 
@@ -274,17 +173,21 @@ def save_pruned(model: nn.Module, tokenizer, path: str | Path) -> Path:
 
 
 _WIDTH_AWARE_CLASSES: dict[type, type] = {}
+# config keys that mark per-layer widths plain from_pretrained cannot build
+_PER_LAYER_KEYS = ("intermediate_sizes", "attention_heads")
 
 
 def _width_aware_class(base: type) -> type:
-    """A subclass of `base`, with the same name, whose constructor applies `config.intermediate_sizes`."""
+    """A subclass of `base`, with the same name, whose constructor applies the per-layer widths in the config
+    (`intermediate_sizes`, `attention_heads` / `key_value_heads`) through each target's `restore`."""
     if base not in _WIDTH_AWARE_CLASSES:
 
         def __init__(self, config, *args, **kwargs):
             base.__init__(self, config, *args, **kwargs)
             adapter = get_adapter(self)
             with torch.no_grad():
-                _set_mlp_width(self, adapter, [torch.arange(width) for width in config.intermediate_sizes])
+                for cls in targets.TARGETS.values():
+                    cls().restore(self, adapter, config)
 
         _WIDTH_AWARE_CLASSES[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__})
     return _WIDTH_AWARE_CLASSES[base]
@@ -300,7 +203,7 @@ def load_pruned(path: str | Path, **from_pretrained_kwargs):
         )
     from_pretrained_kwargs.setdefault("dtype", "auto")
     config = transformers.AutoConfig.from_pretrained(path)
-    if getattr(config, "intermediate_sizes", None):
+    if any(getattr(config, key, None) for key in _PER_LAYER_KEYS):
         architecture = (config.architectures or [None])[0]
         base = getattr(transformers, architecture or "", None)
         if base is None:

@@ -6,6 +6,10 @@ import json
 import logging
 import os
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diet.record import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ def flatten_config(cfg: dict, prefix: str = "") -> dict:
     return flat
 
 
-def log_run(logger_cfg: dict, *, run_dir: str, config: dict, results: dict, mask_path: str, name: str,
+def log_run(logger_cfg: dict, *, run_dir: str, config: dict, results: "RunResult", mask_path: str, name: str,
             group: str | None, plot_paths: list[str] = (), model_dir: str | None = None) -> str | None:
     """Log one finished run; returns the W&B run folder, or None when tracking is off or failed."""
     if logger_cfg.get("name", "none") == "none":
@@ -64,23 +68,24 @@ def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, g
     )
     try:
         run.summary.update(summary_values(results))
-        dense = results.get("dense_metrics") or {}
+        dense = results.dense_metrics or {}
         table = wandb.Table(columns=["task", "metric", "dense", "pruned", "drop"])
-        for task, values in results["metrics"].items():
-            metric = results["paper_metric"].get(task, "acc")
+        for task, values in results.metrics.items():
+            metric = results.paper_metric.get(task, "acc")
             pruned, before = values.get(metric), dense.get(task, {}).get(metric)
             table.add_data(task, metric, before, pruned, None if before is None or pruned is None else before - pruned)
         images = {f"plots/{os.path.splitext(os.path.basename(p))[0]}": wandb.Image(p) for p in plot_paths}
         run.log({"per_task": table, **images})
-        artifact = wandb.Artifact(f"mask-{results['mask_sha256'][:16]}", type="mask",
-                                  metadata={k: results[k] for k in ("model", "target", "scope", "method", "scoring")})
+        artifact = wandb.Artifact(f"mask-{results.mask_sha256[:16]}", type="mask",
+                                  metadata={k: getattr(results, k) for k in ("model", "target", "scope", "method",
+                                                                             "scoring")})
         artifact.add_file(mask_path, name="mask.safetensors")
         run.log_artifact(artifact, aliases=["latest", f"config-{config_hash(config)}"])
         if logger_cfg.get("log_model"):
             if model_dir is None:
                 log.warning("logger.log_model=true needs prune.save=true; no model artifact logged")
             else:
-                model_artifact = wandb.Artifact(f"pruned-{results['model']}-{config_hash(config)}", type="model")
+                model_artifact = wandb.Artifact(f"pruned-{results.model}-{config_hash(config)}", type="model")
                 model_artifact.add_dir(model_dir)
                 run.log_artifact(model_artifact)
         return os.path.dirname(run.dir)
@@ -88,21 +93,27 @@ def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, g
         run.finish()
 
 
-def summary_values(results: dict) -> dict:
-    """Flat W&B summary: per-task metrics, averages, sparsity, parameters, stage times, profile cache hits."""
-    values = {f"{task}/{metric}": v for task, row in results["metrics"].items() for metric, v in row.items()
+def summary_values(results: "RunResult") -> dict:
+    """Flat W&B summary: per-task metrics, averages, sparsity, parameters, stage times, profile cache hits.
+    `results` is a RunResult, or a results.json dict (read back through RunResult.from_json)."""
+    if isinstance(results, dict):
+        from diet.record import RunResult
+
+        results = RunResult.from_json(results)
+    values = {f"{task}/{metric}": v for task, row in results.metrics.items() for metric, v in row.items()
               if v is not None}
-    values.update({f"average/{metric}": v for metric, v in results["average"].items() if v is not None})
-    for task, row in (results.get("drop") or {}).items():
+    values.update({f"average/{metric}": v for metric, v in results.average.items() if v is not None})
+    for task, row in (results.drop or {}).items():
         values.update({f"{task}/drop_{metric}": v for metric, v in row.items()})
     values.update({
-        "sparsity/requested": results["sparsity"]["requested"], "sparsity/achieved": results["sparsity"]["achieved"],
-        "params/dense": results["params"]["dense"], "params/pruned": results["params"]["pruned"],
-        "params/ratio": results["params"]["pruned"] / results["params"]["dense"],
-        "profile_cache/hits": sum(v == "hit" for v in results["profile_cache"].values()),
-        "profile_cache/misses": sum(v == "miss" for v in results["profile_cache"].values()),
+        "sparsity/requested": results.sparsity["requested"], "sparsity/achieved": results.sparsity["achieved"],
+        "params/dense": results.params["dense"], "params/pruned": results.params["pruned"],
+        "params/ratio": results.params["pruned"] / results.params["dense"],
+        "profile_cache/hits": sum(v == "hit" for v in results.profile_cache.values()),
+        "profile_cache/misses": sum(v == "miss" for v in results.profile_cache.values()),
     })
-    values.update({f"time/{stage}": seconds for stage, seconds in results["timings_s"].items()})
+    values.update({f"sparsity/{target}": v for target, v in results.sparsity.get("per_target", {}).items()})
+    values.update({f"time/{stage}": seconds for stage, seconds in results.timings_s.items()})
     return values
 
 

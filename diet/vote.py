@@ -4,13 +4,8 @@ Masks are dicts of bool tensors keyed by group: `hidden` (one residual mask shar
 Every ordering is explicit and stable, and tasks and groups are always visited in sorted order (groups by layer
 index), so the same scores give a bit-identical mask whatever the order of the dicts passed in.
 
-Scorings (per dimension, from the profile statistics of one task):
-  act_l1: mean |x|;  act_l2: sqrt(mean x^2);  act_max: max |x|;
-  wanda:  sqrt(mean x^2) * ||W_d||_2, the structured form of Wanda's |W| * ||X||: the activation norm of the
-          dimension times the L2 norm of the weights that touch it (`weight_norms`). Wanda's ||X|| is
-          sqrt(sum x^2); we use sqrt(mean x^2), which differs by sqrt(token count), a constant per hook point that
-          the per-group (and, for `hidden`, per-point) normalisation removes, so masks are the same either way.
-  For `hidden`, every scoring is computed per hook point and the normalised point scores are averaged.
+Scores come from `diet/scoring.py` (named scorings) and the target (`diet/targets/`, which aggregates hook
+points into mask groups and owns the weight norms); this module turns scores into masks.
 
 Merge methods (`vote.method`), over T tasks; each task's own mask gives one vote to each dimension it keeps:
   majority:     kept when votes / T >= threshold (strict majority, > T/2, when threshold is None);
@@ -56,59 +51,16 @@ import torch
 
 from diet import DietError
 
-SCORINGS = ("act_l1", "act_l2", "act_max", "wanda")
 VOTE_METHODS = ("majority", "union", "intersection", "mean_score")
 SCOPES = ("layer", "global")
-TARGETS = ("mlp", "hidden")
+TARGETS = ("mlp", "hidden", "heads")
 DEFAULT_MIN_KEEP = 0.125
 _EPS = 1e-9
-
-
-def point_score(stats: dict[str, torch.Tensor], scoring: str) -> torch.Tensor:
-    count = stats["count"].clamp_min(1.0)
-    if scoring == "act_l1":
-        return (stats["sum_abs"] / count).cpu()
-    if scoring == "act_l2":
-        return (stats["sum_sq"] / count).sqrt().cpu()
-    if scoring == "act_max":
-        return stats["max_abs"].cpu()
-    raise ValueError(f"unknown scoring {scoring!r}")
 
 
 def normalise(score: torch.Tensor) -> torch.Tensor:
     """Scale-free score: divide by the mean, so groups and tasks of different magnitude can be averaged."""
     return score / score.mean().clamp_min(torch.finfo(score.dtype).tiny)
-
-
-def group_scores(stats: dict[str, dict[str, torch.Tensor]], scoring: str, target: str,
-                 weight_norms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """One score vector per mask group. For `hidden`, the residual stream is scored at every layer input and the
-    normalised scores are averaged over those points (later layers have far larger activations; a plain sum would
-    let the last few layers decide alone). `wanda` needs `weight_norms` (keys: the hook points of `stats`)."""
-    points = sorted(stats, key=_index)
-    if scoring == "wanda":
-        if weight_norms is None:
-            raise ValueError("scoring 'wanda' needs weight_norms=vote.weight_norms(model, adapter, target)")
-        per_point = {}
-        for point in points:
-            activation = point_score(stats[point], "act_l2")
-            if point not in weight_norms or weight_norms[point].shape != activation.shape:
-                found = tuple(weight_norms[point].shape) if point in weight_norms else "missing"
-                raise ValueError(f"weight_norms[{point!r}]: {found}; expected shape {tuple(activation.shape)}")
-            per_point[point] = activation * weight_norms[point].float().cpu()
-    else:
-        per_point = {point: point_score(stats[point], scoring) for point in points}
-    return _aggregate(per_point, target)
-
-
-def _aggregate(per_point: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
-    if target == "mlp":
-        return dict(per_point)
-    return {"hidden": torch.stack([normalise(s) for s in per_point.values()]).mean(dim=0)}
-
-
-def _index(point: str) -> int:
-    return int(point.rsplit(".", 1)[1])
 
 
 def _group_key(name: str):
@@ -118,70 +70,6 @@ def _group_key(name: str):
 
 def _sorted_groups(names) -> list[str]:
     return sorted(names, key=_group_key)
-
-
-# ---------------------------------------------------------------------------------------------------- weights
-
-def _column_sq_norms(weight: torch.Tensor, rows_per_chunk: int = 4096) -> torch.Tensor:
-    """sum over rows of w^2 per input column, in float32 on the weight's device, a block of rows at a time (an LM
-    head of a 256k vocabulary never gets a full float32 copy)."""
-    out = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
-    for start in range(0, weight.shape[0], rows_per_chunk):
-        block = weight[start:start + rows_per_chunk].float()
-        out += (block * block).sum(dim=0)
-    return out
-
-
-def _norm_scale(norm, offset: float) -> torch.Tensor:
-    return offset + norm.weight.detach().float()
-
-
-@torch.no_grad()
-def weight_norms(model, adapter, target: str) -> dict[str, torch.Tensor]:
-    """Per-dimension L2 norm of the weights that touch each dimension (float32, cpu), keyed like the profile's
-    hook points (for `mlp` those are the mask groups).
-
-    mlp.<i>:    column j of layer i's down_proj: the weights that write neuron j's output (the neuron's activation
-                is exactly down_proj's input, which the profile records).
-    hidden.<i>: the readers of the residual stream entering layer i: column d of q, k, v, gate and up stacked into
-                one matrix, each multiplied by the effective scale (norm_offset + weight) of the RMSNorm in front
-                of it (adapter.residual_norms(layer).pre: the first feeds attention, the last feeds the MLP), i.e.
-                sqrt(sum over those readers of (s_d * ||W[:, d]||)^2).
-    hidden.<L>: the LM head's column d times the final norm's effective scale (tied heads read the embedding).
-    """
-    layers = adapter.decoder_layers(model)
-    if target == "mlp":
-        return {f"mlp.{i}": _column_sq_norms(adapter.mlp_projections(layer)[2].weight).sqrt().cpu()
-                for i, layer in enumerate(layers)}
-    if target != "hidden":
-        raise ValueError(f"unknown target {target!r}")
-    offset = adapter.norm_offset
-    norms = {}
-    for i, layer in enumerate(layers):
-        gate, up, _ = adapter.mlp_projections(layer)
-        pre = adapter.residual_norms(layer).pre
-        total = None
-        for reader in adapter.residual_readers(layer):
-            norm = pre[-1] if (reader is gate or reader is up) else pre[0]
-            sq = _column_sq_norms(reader.weight) * _norm_scale(norm, offset).to(reader.weight.device).square()
-            total = sq if total is None else total + sq
-        norms[f"hidden.{i}"] = total.sqrt().cpu()
-    head = adapter.lm_head(model).weight
-    scale = _norm_scale(adapter.final_norm(model), offset).to(head.device)
-    norms[f"hidden.{len(layers)}"] = (_column_sq_norms(head) * scale.square()).sqrt().cpu()
-    return norms
-
-
-def magnitude_scores(norms: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
-    """Data-free scores (method=magnitude): the weight norms alone, aggregated to groups like `group_scores`."""
-    return _aggregate({point: norms[point].float().cpu() for point in sorted(norms, key=_index)}, target)
-
-
-def magnitude_masks(model, adapter, target: str, sparsity: float, *, scope: str = "layer",
-                    min_keep: float = DEFAULT_MIN_KEEP, multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    scores = magnitude_scores(weight_norms(model, adapter, target), target)
-    return build_masks({"magnitude": scores}, sparsity=sparsity, target=target, scope=scope,
-                       min_keep=min_keep, multiple_of=multiple_of)[0]
 
 
 # -------------------------------------------------------------------------------------------- today's helpers

@@ -164,6 +164,35 @@ def test_per_task_method_evaluates_each_task_with_its_own_mask(tmp_path):
     assert set(results["metrics"]) == {"demo_capitals", "demo_sums"}
     assert not torch.equal(masks["task.demo_capitals.mlp.0"], masks["task.demo_sums.mlp.0"])
     assert int(masks["task.demo_sums.mlp.1"].sum()) == 128 - 26
+    # the hashes are of the masks the evaluated models used, each task's own, not of the merged mask
+    from diet.record import mask_sha256
+
+    own = {t: {k.split(".", 2)[2]: m for k, m in masks.items() if k.startswith(f"task.{t}.")}
+           for t in ("demo_capitals", "demo_sums")}
+    assert results["task_mask_sha256"] == {t: mask_sha256(m) for t, m in own.items()}
+    assert results["mask_sha256"] == mask_sha256({k: m for k, m in masks.items() if k.startswith("task.")})
+    assert results["mask_sha256"] != mask_sha256({k: m for k, m in masks.items() if not k.startswith("task.")})
+
+
+def test_mlp_and_heads_run_prunes_both_with_their_own_sparsity(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    proc = diet_run(tmp_path, "model=tiny_llama", *QUICK, "logger=none", "prune.target=[mlp,heads]",
+                    "prune.sparsity_per_target.heads=0.5", "prune.save=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["target"] == "mlp+heads"
+    assert results["sparsity"]["per_target"] == {"mlp": 26 / 128, "heads": 0.5}
+    masks = load_file(tmp_path / "run" / "mask.safetensors")
+    assert {k for k in masks if not k.startswith("task.")} == {"mlp.0", "mlp.1", "heads.0", "heads.1"}
+    for i in (0, 1):  # tiny_llama: 4 query heads in 2 KV groups; per_group keeps one of each
+        assert masks[f"heads.{i}"].reshape(2, 2).sum(dim=1).tolist() == [1, 1]
+        assert all(masks[f"task.{t}.heads.{i}"].reshape(2, 2).sum(dim=1).tolist() == [1, 1] for t in results["tasks"])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "pruned_model")
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (2, 2)
+    assert model.config.intermediate_size == 128 - 26
+    assert sum(p.numel() for p in model.parameters()) == results["params"]["pruned"]
+    assert (tmp_path / "run" / "kept_heads_per_layer.png").stat().st_size > 2000
 
 
 def test_lm_eval_command_line_loads_the_saved_pruned_model(tmp_path):
@@ -192,7 +221,7 @@ def test_lm_eval_command_line_loads_the_saved_pruned_model(tmp_path):
 
 
 def test_unaligned_widths_warn_on_gpu_only():
-    from diet.run import gpu_alignment_warning
+    from diet.prune import gpu_alignment_warning
 
     cuda = torch.device("cuda", 0)
     assert gpu_alignment_warning(torch.device("cpu"), 1) is None

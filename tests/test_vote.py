@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from diet import DietError, vote
+from diet import DietError, scoring, vote
 
 
 def reference_merge(masks, scores, sparsity, threshold, exact_budget):
@@ -78,13 +78,13 @@ def test_scores_from_statistics():
                        "max_abs": torch.tensor([3.0, 1.0]), "count": torch.tensor([2.0])},
              "mlp.0": {"sum_abs": torch.tensor([1.0, 1.0]), "sum_sq": torch.tensor([1.0, 1.0]),
                        "max_abs": torch.tensor([1.0, 1.0]), "count": torch.tensor([1.0])}}
-    assert list(vote.group_scores(stats, "act_l1", "mlp")) == ["mlp.0", "mlp.1"]
-    assert vote.group_scores(stats, "act_l1", "mlp")["mlp.1"].tolist() == [1.0, 2.0]
-    assert vote.group_scores(stats, "act_l2", "mlp")["mlp.1"].tolist() == [2.0, 1.0]
-    assert vote.group_scores(stats, "act_max", "mlp")["mlp.1"].tolist() == [3.0, 1.0]
+    assert list(scoring.group_scores(stats, "act_l1", "mlp")) == ["mlp.0", "mlp.1"]
+    assert scoring.group_scores(stats, "act_l1", "mlp")["mlp.1"].tolist() == [1.0, 2.0]
+    assert scoring.group_scores(stats, "act_l2", "mlp")["mlp.1"].tolist() == [2.0, 1.0]
+    assert scoring.group_scores(stats, "act_max", "mlp")["mlp.1"].tolist() == [3.0, 1.0]
     hidden = {f"hidden.{i}": s for i, s in enumerate(stats.values())}
     # mean of per-point scores normalised by their mean: ([2,1]/1.5 + [1,1]/1) / 2
-    torch.testing.assert_close(vote.group_scores(hidden, "act_l2", "hidden")["hidden"],
+    torch.testing.assert_close(scoring.group_scores(hidden, "act_l2", "hidden")["hidden"],
                                torch.tensor([(2 / 1.5 + 1) / 2, (1 / 1.5 + 1) / 2]))
 
 
@@ -360,12 +360,12 @@ def test_weight_norms_match_a_direct_computation(tiny_model):
     model, adapter = tiny_model
     offset = 1.0 if model.config.model_type == "gemma2" else 0.0
     layers = model.model.layers
-    norms = vote.weight_norms(model, adapter, "mlp")
+    norms = scoring.weight_norms(model, adapter, "mlp")
     assert list(norms) == ["mlp.0", "mlp.1"]
     for i, layer in enumerate(layers):
         assert norms[f"mlp.{i}"].dtype == torch.float32 and norms[f"mlp.{i}"].device.type == "cpu"
         torch.testing.assert_close(norms[f"mlp.{i}"], layer.mlp.down_proj.weight.double().norm(dim=0).float())
-    norms = vote.weight_norms(model, adapter, "hidden")
+    norms = scoring.weight_norms(model, adapter, "hidden")
     assert list(norms) == ["hidden.0", "hidden.1", "hidden.2"]
     for i, layer in enumerate(layers):
         attn_scale = offset + layer.input_layernorm.weight
@@ -389,34 +389,40 @@ def fake_stats(widths, seed=0):
 
 def test_wanda_scores_are_activation_rms_times_weight_norm(tiny_model):
     model, adapter = tiny_model
-    norms = vote.weight_norms(model, adapter, "mlp")
+    norms = scoring.weight_norms(model, adapter, "mlp")
     stats = fake_stats({"mlp.1": 48, "mlp.0": 48})
-    scores = vote.group_scores(stats, "wanda", "mlp", norms)
+    scores = scoring.group_scores(stats, "wanda", "mlp", norms)
     assert list(scores) == ["mlp.0", "mlp.1"]
     for point in scores:
         torch.testing.assert_close(scores[point], (stats[point]["sum_sq"] / 4).sqrt() * norms[point])
-    norms = vote.weight_norms(model, adapter, "hidden")
+    norms = scoring.weight_norms(model, adapter, "hidden")
     stats = fake_stats({f"hidden.{i}": 32 for i in range(3)})
     per_point = [(stats[p]["sum_sq"] / 4).sqrt() * norms[p] for p in sorted(stats)]
     want = torch.stack([s / s.mean() for s in per_point]).mean(dim=0)
-    torch.testing.assert_close(vote.group_scores(stats, "wanda", "hidden", norms)["hidden"], want)
+    torch.testing.assert_close(scoring.group_scores(stats, "wanda", "hidden", norms)["hidden"], want)
     with pytest.raises(ValueError, match="wanda' needs weight_norms"):
-        vote.group_scores(stats, "wanda", "hidden")
+        scoring.group_scores(stats, "wanda", "hidden")
     with pytest.raises(ValueError, match=r"weight_norms\['hidden.2'\]: missing"):
-        vote.group_scores(stats, "wanda", "hidden", {k: v for k, v in norms.items() if k != "hidden.2"})
+        scoring.group_scores(stats, "wanda", "hidden", {k: v for k, v in norms.items() if k != "hidden.2"})
+
+
+def magnitude_masks(model, adapter, target, sparsity, **rules):
+    """method=magnitude: the target's weight norms as the one score set, through build_masks."""
+    scores = scoring.magnitude_scores(scoring.weight_norms(model, adapter, target), target)
+    return vote.build_masks({"magnitude": scores}, sparsity=sparsity, target=target, **rules)[0]
 
 
 def test_magnitude_masks_keep_the_largest_weight_norms(tiny_model):
     model, adapter = tiny_model
-    masks = vote.magnitude_masks(model, adapter, "mlp", 0.25, scope="layer")
+    masks = magnitude_masks(model, adapter, "mlp", 0.25, scope="layer")
     for i, layer in enumerate(model.model.layers):
         direct = layer.mlp.down_proj.weight.double().norm(dim=0)
         assert masks[f"mlp.{i}"].tolist() == vote.top_k_mask(direct, 36).tolist()
-    norms = vote.weight_norms(model, adapter, "hidden")
-    hidden = vote.magnitude_masks(model, adapter, "hidden", 0.25)
+    norms = scoring.weight_norms(model, adapter, "hidden")
+    hidden = magnitude_masks(model, adapter, "hidden", 0.25)
     want = torch.stack([n / n.mean() for n in norms.values()]).mean(dim=0)
     assert hidden["hidden"].tolist() == vote.top_k_mask(want, 24).tolist()
-    masks = vote.magnitude_masks(model, adapter, "mlp", 0.5, scope="global", min_keep=0.25, multiple_of=8)
+    masks = magnitude_masks(model, adapter, "mlp", 0.5, scope="global", min_keep=0.25, multiple_of=8)
     assert all(int(m.sum()) % 8 == 0 and int(m.sum()) >= 12 for m in masks.values())
     assert sum(int(m.sum()) for m in masks.values()) == 48
 

@@ -35,11 +35,22 @@ class Adapter:
     # The embedding module multiplies its output by sqrt(config.hidden_size) (Gemma).
     embedding_scaled_by_sqrt_width: bool = False
 
+    def decoder(self, model: nn.Module) -> nn.Module:
+        """The decoder stack (embedding, layers, final norm), callable without the LM head."""
+        return model.model
+
     def decoder_layers(self, model: nn.Module) -> list[nn.Module]:
         return list(model.model.layers)
 
+    def layer_list(self, model: nn.Module) -> nn.ModuleList:
+        """The decoder's own ModuleList (assigning into it swaps a layer in place)."""
+        return model.model.layers
+
     def final_norm(self, model: nn.Module) -> nn.Module:
         return model.model.norm
+
+    def set_final_norm(self, model: nn.Module, norm: nn.Module) -> None:
+        model.model.norm = norm
 
     def embedding(self, model: nn.Module) -> nn.Embedding:
         return model.model.embed_tokens
@@ -50,6 +61,37 @@ class Adapter:
     def mlp_projections(self, layer: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
         mlp = layer.mlp
         return mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def set_mlp_width_attribute(self, layer: nn.Module, width: int) -> None:
+        if hasattr(layer.mlp, "intermediate_size"):  # informational attribute of the HF MLP modules
+            layer.mlp.intermediate_size = width
+
+    def set_hidden_size_attribute(self, layer: nn.Module, width: int) -> None:
+        if hasattr(layer, "hidden_size"):  # informational attribute of the HF decoder layers
+            layer.hidden_size = width
+
+    def attention_projections(self, layer: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        """(q_proj, k_proj, v_proj, o_proj) of one layer."""
+        attn = layer.self_attn
+        return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+
+    def layer_head_dim(self, layer: nn.Module) -> int:
+        return layer.self_attn.head_dim
+
+    def num_heads(self, layer: nn.Module) -> int:
+        """Query heads of one layer, read from o_proj's width (so it follows pruning)."""
+        return self.attention_projections(layer)[3].in_features // self.layer_head_dim(layer)
+
+    def num_kv_heads(self, layer: nn.Module) -> int:
+        return self.attention_projections(layer)[1].out_features // self.layer_head_dim(layer)
+
+    def set_head_counts(self, layer: nn.Module, n_heads: int, n_kv_heads: int) -> None:
+        """After slicing q/k/v/o: the attention module repeats each KV head n_heads / n_kv_heads times."""
+        attn = layer.self_attn
+        attn.num_key_value_groups = n_heads // n_kv_heads
+        for name, value in (("num_heads", n_heads), ("num_key_value_heads", n_kv_heads)):
+            if hasattr(attn, name):  # informational in transformers 5.23 (shapes come from head_dim)
+                setattr(attn, name, value)
 
     def residual_readers(self, layer: nn.Module) -> list[nn.Linear]:
         attn = layer.self_attn

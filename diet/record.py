@@ -1,0 +1,141 @@
+"""The run record: the typed result of a run, and the only writer into the run directory (status.json while
+running; results.json, mask.safetensors and extra JSON files atomically at the end). results.json is written from
+`RunResult`; its schema is DESIGN.md's output contract."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from diet import cache
+
+
+def mask_sha256(masks: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(masks):
+        h.update(key.encode())
+        h.update(masks[key].to(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class RunResult:
+    model: str
+    model_id: str
+    tasks: list[str]
+    eval_tasks: list[str]
+    method: str
+    scoring: str
+    target: str               # a target name, or names joined by "+" (mlp+heads)
+    scope: str
+    seed: int
+    sparsity: dict            # {"requested": float, "achieved": float} (+ "per_target" with several targets)
+    vote: dict
+    prune: dict
+    calib: dict
+    params: dict              # {"dense": int, "pruned": int}
+    metrics: dict
+    average: dict
+    paper_metric: dict
+    dense_metrics: dict | None
+    dense_average: dict | None
+    timings_s: dict
+    profile_cache: dict
+    calibration: dict
+    mask_sha256: str          # of the masks the evaluated model(s) used (per_task: all per-task masks together)
+    versions: dict
+    task_mask_sha256: dict | None = None   # method=per_task: the hash of each task's own mask
+    drop: dict | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunResult":
+        """A results.json read back (keys this version does not know are ignored; missing optional ones are None)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names},
+                   **{k: None for k in ("dense_metrics", "dense_average") if k not in data})
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        for optional in ("task_mask_sha256", "drop"):
+            if out[optional] is None:
+                del out[optional]
+        return out
+
+
+class Recorder:
+    """The only writer into the run directory: status.json while running, atomic files at the end."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def status(self, state: str, **extra) -> None:
+        cache.atomic_write_json(self.dir / "status.json", {"state": state, "time": time.time(), **extra})
+
+    def json(self, name: str, obj) -> Path:
+        cache.atomic_write_json(self.dir / name, obj)
+        return self.dir / name
+
+    def masks(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+        cache.atomic_save_tensors(self.dir / "mask.safetensors", tensors, metadata)
+        return self.dir / "mask.safetensors"
+
+    def result(self, result: RunResult) -> Path:
+        return self.json("results.json", result.to_json())
+
+
+def task_mask_tensors(per_task_masks: dict) -> dict[str, torch.Tensor]:
+    """Each task's own masks under `task.<task>.<key>`, as mask.safetensors stores them."""
+    return {f"task.{task}.{key}": m for task, masks in per_task_masks.items() for key, m in masks.items()}
+
+
+def sparsity(requested: float, masks: dict[str, torch.Tensor], target_names: list[str]) -> dict:
+    """{"requested", "achieved"} over every mask, plus "per_target" when several targets were pruned."""
+    from diet import targets
+    from diet.vote import achieved_sparsity
+
+    out = {"requested": float(requested), "achieved": achieved_sparsity(masks)}
+    if len(target_names) > 1:
+        out["per_target"] = {n: achieved_sparsity({k: m for k, m in masks.items() if targets.owner(k) == n})
+                             for n in target_names}
+    return out
+
+
+def versions() -> dict:
+    import lm_eval
+    import transformers
+
+    import diet
+
+    return {"diet": diet.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "lm_eval": lm_eval.__version__}
+
+
+def describe_calibration(calib_sets: dict) -> dict:
+    return {n: {"split": c.split, "n_docs": len(c.doc_ids), "held_out_of_eval": c.held_out_of_eval}
+            for n, c in calib_sets.items()}
+
+
+def drops(dense_metrics: dict, metrics: dict) -> dict:
+    """Dense minus pruned accuracy per task (acc and acc_norm where both runs have them)."""
+    return {t: {m: (dense_metrics[t][m] - metrics[t][m]) for m in ("acc", "acc_norm")
+                if dense_metrics[t].get(m) is not None and metrics[t].get(m) is not None}
+            for t in metrics if t in dense_metrics}
+
+
+def summary(result: RunResult) -> str:
+    dense = result.dense_metrics or {}
+    lines = [f"{result.method} {result.target} sparsity {result.sparsity['achieved']:.3f} on "
+             f"{result.model}: params {result.params['pruned'] / result.params['dense']:.3f} of dense"]
+    lines.append(f"{'task':<20} {'metric':<9} {'dense':>7} {'pruned':>7}")
+    for task, values in result.metrics.items():
+        metric = result.paper_metric.get(task, "acc")
+        value = values.get(metric) if values.get(metric) is not None else values.get("acc")
+        d = dense.get(task, {}).get(metric)
+        lines.append(f"{task:<20} {metric:<9} {(f'{d:.3f}' if d is not None else '-'):>7} {value:>7.3f}")
+    avg, davg = result.average["paper"], (result.dense_average or {}).get("paper")
+    lines.append(f"{'average':<20} {'':<9} {(f'{davg:.3f}' if davg is not None else '-'):>7} {avg:>7.3f}")
+    return "\n".join(lines)

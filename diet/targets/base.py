@@ -1,0 +1,118 @@
+"""The Target interface and the slicing / norm helpers the targets share."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def group_index(key: str) -> int:
+    """Layer index of a per-layer key (`mlp.3` -> 3)."""
+    return int(key.rsplit(".", 1)[1])
+
+
+class Target:
+    """One prunable kind of dimension. Subclasses set `name` and implement the methods below (see the package
+    docstring); `options` are target-specific settings from the config (e.g. heads' `gqa`)."""
+
+    name = ""
+
+    def __init__(self, **options):
+        self.options = options
+
+    # profile
+    def hook_points(self, model, adapter) -> dict[str, nn.Module]:
+        """Hook point -> module whose first forward input is the activation to record."""
+        raise NotImplementedError
+
+    def point_width(self, module: nn.Module, model, adapter) -> int:
+        """Width of the activation recorded at `module` (per element, before `reduce_stats`)."""
+        raise NotImplementedError
+
+    def reduce_stats(self, model, adapter, stats: dict[str, dict[str, torch.Tensor]]) -> dict:
+        """Per-element statistics of each hook point -> per-dimension statistics (identity by default)."""
+        return stats
+
+    # masks
+    def widths(self, model, adapter) -> dict[str, int]:
+        raise NotImplementedError
+
+    def weight_norms(self, model, adapter) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def aggregate(self, per_point: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Scores per hook point -> one score vector per mask group (hook points are the groups by default)."""
+        return {point: per_point[point] for point in sorted(per_point, key=group_index)}
+
+    def multiple_of(self, model, adapter, multiple_of: int) -> int:
+        """The kept-width granularity this target uses, given `prune.multiple_of`."""
+        return multiple_of
+
+    def vote(self, model, adapter, scores: dict[str, dict[str, torch.Tensor]], **rules):
+        """(final masks, per-task masks, votes) from {task: {group: score}}; `rules` go to `vote.build_masks`."""
+        from diet import vote
+
+        return vote.build_masks(scores, target=self.name, **rules)
+
+    # physical removal
+    def check(self, model, adapter, masks: dict[str, torch.Tensor]) -> None:
+        """Target-specific validity of masks already checked for keys, dtype, length and emptiness."""
+
+    def prune(self, model, adapter, kept: dict[str, torch.Tensor]) -> None:
+        """Remove everything not in `kept` (indices per mask key, CPU int64), in place."""
+        raise NotImplementedError
+
+    def zero_masked(self, model, adapter, masks: dict[str, torch.Tensor]) -> None:
+        """Zero the removed dimensions of a dense model in place: what `prune` must reproduce exactly."""
+        raise NotImplementedError
+
+    def restore(self, model, adapter, config) -> None:
+        """Apply per-layer widths stored in `config` to a freshly built model (no-op when there are none)."""
+
+
+# ------------------------------------------------------------------------------------------------ slicing helpers
+
+def scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    if factor == 1.0:
+        return tensor
+    return (tensor.float() * factor).to(tensor.dtype)
+
+
+def set_parameter(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(tensor, requires_grad=old.requires_grad))
+
+
+def keep_outputs(linear: nn.Linear, indices: torch.Tensor, factor: float = 1.0) -> None:
+    indices = indices.to(linear.weight.device)
+    set_parameter(linear, "weight", scaled(linear.weight.detach().index_select(0, indices), factor))
+    if linear.bias is not None:
+        set_parameter(linear, "bias", scaled(linear.bias.detach().index_select(0, indices), factor))
+    linear.out_features = indices.numel()
+
+
+def keep_inputs(linear: nn.Linear, indices: torch.Tensor) -> None:
+    indices = indices.to(linear.weight.device)
+    set_parameter(linear, "weight", linear.weight.detach().index_select(1, indices))
+    linear.in_features = indices.numel()
+
+
+def keep_norm(norm: nn.Module, indices: torch.Tensor, offset: float, divisor: float = 1.0) -> None:
+    """Slice an RMSNorm's weight and divide its effective scale (offset + weight) by `divisor`."""
+    weight = norm.weight.detach().index_select(0, indices.to(norm.weight.device))
+    if divisor != 1.0:
+        weight = ((offset + weight.float()) / divisor - offset).to(weight.dtype)
+    set_parameter(norm, "weight", weight)
+
+
+def column_sq_norms(weight: torch.Tensor, rows_per_chunk: int = 4096) -> torch.Tensor:
+    """sum over rows of w^2 per input column, in float32 on the weight's device, a block of rows at a time (an LM
+    head of a 256k vocabulary never gets a full float32 copy)."""
+    out = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], rows_per_chunk):
+        block = weight[start:start + rows_per_chunk].float()
+        out += (block * block).sum(dim=0)
+    return out
+
+
+def norm_scale(norm, offset: float) -> torch.Tensor:
+    return offset + norm.weight.detach().float()

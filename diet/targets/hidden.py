@@ -1,0 +1,118 @@
+"""target=hidden: residual-stream dimensions, one mask `hidden` shared by every layer.
+
+Hook points `hidden.<i>`: the residual stream entering decoder layer i, and `hidden.<L>` entering the final norm.
+Scores are computed per hook point and the normalised point scores averaged (later layers have far larger
+activations; a plain sum would let the last few layers decide alone).
+
+Weight norms:
+  hidden.<i>: the readers of the residual stream entering layer i: column d of q, k, v, gate and up stacked into
+              one matrix, each multiplied by the effective scale (norm_offset + weight) of the RMSNorm in front
+              of it (adapter.residual_norms(layer).pre: the first feeds attention, the last feeds the MLP), i.e.
+              sqrt(sum over those readers of (s_d * ||W[:, d]||)^2).
+  hidden.<L>: the LM head's column d times the final norm's effective scale (tied heads read the embedding).
+
+Slicing keeps the RMS statistics exact by carrying the pruned stream multiplied by c = sqrt(d'/d); see prune.py.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diet.targets.base import (Target, column_sq_norms, keep_inputs, keep_norm, keep_outputs, norm_scale, scaled,
+                               set_parameter)
+
+
+class HiddenTarget(Target):
+    name = "hidden"
+
+    def hook_points(self, model, adapter):
+        layers = adapter.decoder_layers(model)
+        points = {f"hidden.{i}": layer for i, layer in enumerate(layers)}
+        points[f"hidden.{len(layers)}"] = adapter.final_norm(model)
+        return points
+
+    def point_width(self, module, model, adapter) -> int:
+        return adapter.hidden_size(model)
+
+    def widths(self, model, adapter):
+        return {"hidden": adapter.hidden_size(model)}
+
+    def aggregate(self, per_point):
+        from diet.vote import normalise
+
+        points = sorted(per_point, key=lambda p: int(p.rsplit(".", 1)[1]))
+        return {"hidden": torch.stack([normalise(per_point[p]) for p in points]).mean(dim=0)}
+
+    def multiple_of(self, model, adapter, multiple_of: int) -> int:
+        # transformers refuses to save or load a config whose hidden_size is not a multiple of num_attention_heads
+        # (head_dim is explicit after pruning, so only that check needs it)
+        return math.lcm(multiple_of, model.config.num_attention_heads)
+
+    @torch.no_grad()
+    def weight_norms(self, model, adapter):
+        layers = adapter.decoder_layers(model)
+        offset = adapter.norm_offset
+        norms = {}
+        for i, layer in enumerate(layers):
+            gate, up, _ = adapter.mlp_projections(layer)
+            pre = adapter.residual_norms(layer).pre
+            total = None
+            for reader in adapter.residual_readers(layer):
+                norm = pre[-1] if (reader is gate or reader is up) else pre[0]
+                sq = column_sq_norms(reader.weight) * norm_scale(norm, offset).to(reader.weight.device).square()
+                total = sq if total is None else total + sq
+            norms[f"hidden.{i}"] = total.sqrt().cpu()
+        head = adapter.lm_head(model).weight
+        scale = norm_scale(adapter.final_norm(model), offset).to(head.device)
+        norms[f"hidden.{len(layers)}"] = (column_sq_norms(head) * scale.square()).sqrt().cpu()
+        return norms
+
+    def prune(self, model, adapter, kept):
+        indices = kept["hidden"]
+        width, kept_width = adapter.hidden_size(model), indices.numel()
+        c = (kept_width / width) ** 0.5
+        offset = adapter.norm_offset
+        head_dim = adapter.head_dim(model)
+        tied = adapter.word_embeddings_tied(model)
+
+        embedding = adapter.embedding(model)
+        embedding_factor = 1.0 if adapter.embedding_scaled_by_sqrt_width else c
+        embedding_weight = embedding.weight.detach().index_select(1, indices.to(embedding.weight.device))
+        set_parameter(embedding, "weight", scaled(embedding_weight, embedding_factor))
+        embedding.embedding_dim = kept_width
+
+        lm_head = adapter.lm_head(model)
+        if tied:
+            lm_head.weight = embedding.weight
+            lm_head.in_features = kept_width
+            lm_head_factor = embedding_factor
+        else:
+            keep_inputs(lm_head, indices)
+            lm_head_factor = 1.0
+
+        for layer in adapter.decoder_layers(model):
+            for reader in adapter.residual_readers(layer):
+                keep_inputs(reader, indices)
+            for writer in adapter.residual_writers(layer):
+                keep_outputs(writer, indices, factor=c)
+            norms = adapter.residual_norms(layer)
+            for norm in norms.pre:
+                keep_norm(norm, indices, offset, divisor=c)
+            for norm in norms.post:
+                keep_norm(norm, indices, offset)
+            adapter.set_hidden_size_attribute(layer, kept_width)
+        keep_norm(adapter.final_norm(model), indices, offset, divisor=c * lm_head_factor)
+
+        model.config.hidden_size = kept_width
+        model.config.head_dim = head_dim
+        adapter.refresh_embedding_scale(model)
+
+    def zero_masked(self, model, adapter, masks):
+        removed = ~masks["hidden"]
+        adapter.embedding(model).weight[:, removed.to(adapter.embedding(model).weight.device)] = 0
+        for layer in adapter.decoder_layers(model):
+            for writer in adapter.residual_writers(layer):
+                writer.weight[removed.to(writer.weight.device)] = 0
+                if writer.bias is not None:
+                    writer.bias[removed.to(writer.bias.device)] = 0
