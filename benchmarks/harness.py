@@ -82,11 +82,14 @@ def run_widths(loaded, target) -> dict[str, int]:
 
 def run_profile(loaded, texts: list[str], cfg) -> dict:
     """The profiling pass the run makes for one calibration set on a cache miss (statistics per hook point)."""
-    from diet import profile
+    from diet import profile, targets
 
-    return profile.profile_texts(loaded.model, loaded.adapter, loaded.tokenizer, texts, cfg.prune.target,
-                                 max_length=cfg.calib.max_length, batch_size=cfg.calib.batch_size,
-                                 fused_stats=cfg.calib.fused_stats)
+    stats = {}
+    for target in targets.names(cfg.prune.target):  # one pass per target, as profile.profile_sets makes them
+        stats.update(profile.profile_texts(loaded.model, loaded.adapter, loaded.tokenizer, texts, target,
+                                           max_length=cfg.calib.max_length, batch_size=cfg.calib.batch_size,
+                                           fused_stats=cfg.calib.fused_stats))
+    return stats
 
 
 def run_vote(cfg, loaded, stats: dict, widths: dict[str, int]) -> dict:

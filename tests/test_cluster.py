@@ -223,11 +223,10 @@ def test_default_mask_is_the_same_whatever_the_device(tmp_path, monkeypatch):
     for task_stats in stats.values():
         for point in task_stats.values():
             point["count"] = torch.tensor([10.0])
-    widths = run.widths(loaded, "mlp")
     masks = {}
     for device, cfg in cfgs.items():
         monkeypatch.setattr(profile, "input_device", lambda *a, d=device: torch.device(d))
-        masks[device] = run.vote_stage(cfg, loaded, stats, widths)[0]
+        masks[device] = run.vote_stage(cfg, loaded, stats)[0]
     assert all(torch.equal(masks["cpu"][k], masks["cuda:0"][k]) for k in masks["cpu"])
     assert [int(m.sum()) for m in masks["cpu"].values()] == [768, 768]  # 70% of 1024, rounded to 128
 
