@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import diet
 from diet import DietError, cache, config, evaluate, models, plots, profile, prune, tracking, vote
 from diet.tasks import calibration
+from diet.tasks.demo import DEMO_SEED
 
 log = logging.getLogger("diet")
 
@@ -169,7 +170,8 @@ def run(cfg: DictConfig) -> dict:
         calibration.exclude_calibration_docs(task_objects, calib_set)
     eval_tasks = task_lib.evaluation_tasks({n: task_objects[n] for n in eval_names})
     eval_kwargs = dict(device=device, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit,
-                       num_fewshot=cfg.eval.num_fewshot, bootstrap_iters=cfg.eval.bootstrap_iters, seed=cfg.seed)
+                       num_fewshot=cfg.eval.num_fewshot, bootstrap_iters=cfg.eval.bootstrap_iters, seed=cfg.seed,
+                       max_gen_toks=cfg.eval.get("max_gen_toks"))
     dense_metrics = None
     if cfg.eval.dense:
         recorder.status("running", stage="dense_eval")
@@ -231,7 +233,7 @@ def run(cfg: DictConfig) -> dict:
         "calib": OmegaConf.to_container(cfg.calib),
         "params": {"dense": dense_params, "pruned": pruned_params},
         "metrics": metrics, "average": evaluate.averages(metrics),
-        "paper_metric": {t: evaluate.paper_metric(t) for t in eval_names},
+        "paper_metric": {t: evaluate.paper_metric(t, metrics.get(t)) for t in eval_names},
         "dense_metrics": dense_metrics, "dense_average": evaluate.averages(dense_metrics) if dense_metrics else None,
         "timings_s": timings, "profile_cache": cache_status,
         "calibration": {n: {"split": c.split, "n_docs": len(c.doc_ids), "held_out_of_eval": c.held_out_of_eval}
@@ -241,8 +243,9 @@ def run(cfg: DictConfig) -> dict:
                      "lm_eval": lm_eval.__version__},
     }
     if dense_metrics:
-        results["drop"] = {t: {m: (dense_metrics[t][m] - metrics[t][m]) for m in ("acc", "acc_norm")
-                               if dense_metrics[t].get(m) is not None and metrics[t].get(m) is not None}
+        results["drop"] = {t: {m: (dense_metrics[t][m] - metrics[t][m]) for m in metrics[t]
+                               if not evaluate.is_stderr(m) and dense_metrics[t].get(m) is not None
+                               and metrics[t].get(m) is not None}
                            for t in metrics if t in dense_metrics}
     recorder.json("results.json", results)
     plot_paths = plots.write_all(recorder.dir, masks, per_task_masks, votes, mean_scores, cfg.prune.target)
@@ -289,7 +292,8 @@ def dense_eval(cfg, loaded, eval_tasks, eval_kwargs, cache_dir: Path, held_out: 
     key = {"model": loaded.fingerprint, "tasks": sorted(cfg.eval.tasks or cfg.tasks.names),
            "limit": cfg.eval.limit, "num_fewshot": cfg.eval.num_fewshot, "lm_eval": lm_eval.__version__,
            "held_out_of_eval": held_out, "local_dir": cfg.data.local_dir, "seed": cfg.seed,
-           "bootstrap_iters": cfg.eval.bootstrap_iters}
+           "bootstrap_iters": cfg.eval.bootstrap_iters, "max_gen_toks": cfg.eval.get("max_gen_toks"),
+           "demo_seed": DEMO_SEED, "metric_names": 2}  # the demo data's version; every lm-eval metric kept
     store = cache.Cache(cache_dir, "dense_eval")
     cached = store.load_json(key)
     log.info("dense eval cache: %s", "hit" if cached is not None else "miss")
@@ -306,12 +310,13 @@ def print_summary(results: dict) -> None:
              f"{results['model']}: params {results['params']['pruned'] / results['params']['dense']:.3f} of dense"]
     lines.append(f"{'task':<20} {'metric':<9} {'dense':>7} {'pruned':>7}")
     for task, values in results["metrics"].items():
-        metric = results["paper_metric"].get(task, "acc")
-        value = values.get(metric) if values.get(metric) is not None else values.get("acc")
-        d = dense.get(task, {}).get(metric)
-        lines.append(f"{task:<20} {metric:<9} {(f'{d:.3f}' if d is not None else '-'):>7} {value:>7.3f}")
+        metric = results["paper_metric"].get(task) or evaluate.paper_metric(task, values)
+        value, d = values.get(metric), dense.get(task, {}).get(metric)
+        lines.append(f"{task:<20} {metric:<9} {(f'{d:.3f}' if d is not None else '-'):>7} "
+                     f"{(f'{value:.3f}' if value is not None else '-'):>7}")
     avg, davg = results["average"]["paper"], (results.get("dense_average") or {}).get("paper")
-    lines.append(f"{'average':<20} {'':<9} {(f'{davg:.3f}' if davg is not None else '-'):>7} {avg:>7.3f}")
+    lines.append(f"{'average':<20} {'':<9} {(f'{davg:.3f}' if davg is not None else '-'):>7} "
+                 f"{(f'{avg:.3f}' if avg is not None else '-'):>7}")
     print("\n".join(lines))
 
 
