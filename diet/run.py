@@ -145,7 +145,8 @@ def run(cfg: DictConfig) -> dict:
     profile_names = list(cfg.tasks.names)
     eval_names = list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_names
     task_objects = task_lib.load_tasks(sorted(set(profile_names) | set(eval_names)), local_dir=local_dir,
-                                       data_dir=str(cache_dir / "data"))
+                                       data_dir=str(cache_dir / "data"),
+                                       keys={n: "eval.tasks" for n in eval_names if n not in profile_names})
     pooled = cfg.method.name == "generic" or cfg.calib.source == "generic"
     calib_sets: dict[str, calibration.CalibrationSet] = {}
     if cfg.method.name not in ("random", "magnitude"):

@@ -8,7 +8,7 @@
 #                        0.1875/0.3125/0.375 of the 2048 FFN neurons per layer (the report shows what was achieved)
 #   SEEDS=0,1,2          calibration draws (magnitude uses no data: it runs once, seed 0)
 #   LIMIT=75             validation items per task (eval.limit: the first N of a shuffled split); LIMIT=null = all
-#   MERGES=...           vote.method values for method=diet (default: all but intersection)
+#   MERGES=majority,union,max_score   vote.method values for method=diet (any of diet.vote.MERGE_RULES)
 # The model runs in bfloat16 (model.dtype=bfloat16: about 4x faster matrix products on CPUs with AVX512-BF16;
 # lm-eval's log-softmax stays float32). Extra arguments are Hydra overrides, e.g. cache_dir=/shared/cache.
 LAUNCHER="${LAUNCHER:-basic}"
@@ -16,7 +16,7 @@ source "$(dirname "$0")/_common.sh"
 SPARSITIES="${SPARSITIES:-0.3}"
 SEEDS="${SEEDS:-0,1,2}"
 LIMIT="${LIMIT:-75}"
-MERGES="${MERGES:-majority,union,vote_count,mean_score,max_score,borda}"
+MERGES="${MERGES:-majority,union,max_score}"
 COMMON=(experiment=demo logger=none model.dtype=bfloat16 "eval.limit=$LIMIT" "sparsity=$SPARSITIES")
 sweep magnitude "${COMMON[@]}" method=magnitude seed=0 eval.dense=true   # the dense row, once
 sweep merges "${COMMON[@]}" eval.dense=false method=diet "vote.method=$MERGES" "seed=$SEEDS"

@@ -263,6 +263,9 @@ def test_unknown_task_names_get_suggestions(tmp_path):
         load_tasks(["demo_capital"], data_dir=str(tmp_path))
     with pytest.raises(DietError, match=r"^tasks\.names: 'mmlu' is an lm-eval group"):
         load_tasks(["mmlu"], data_dir=str(tmp_path))
+    # a task that is only evaluated (eval.tasks) is named as such
+    with pytest.raises(DietError, match=r"^eval\.tasks: unknown lm-eval task 'boolqq'; did you mean 'boolq'"):
+        load_tasks(["demo_sums", "boolqq"], data_dir=str(tmp_path), keys={"boolqq": "eval.tasks"})
 
 
 def test_missing_local_data_names_the_path(tmp_path):
