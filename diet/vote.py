@@ -16,7 +16,8 @@ Merge rules (`vote.method`, registered in MERGE_RULES), over T tasks. Each rule 
 final mask keeps the top of that ranking under the budget (scope, min_keep, multiple_of below), so every rule prunes
 exactly the same number of dimensions and only the choice of dimensions differs. "Position" is a dimension's place in
 one task's own ranking (0 = best): within its group by raw score for scope=layer, in the task's global ranking of
-normalised scores (lower layer, then lower index on ties) for scope=global. "Mean" is the mean over tasks of the
+normalised scores (lower layer, then lower index on ties) for scope=global; positions ignore min_keep's reserve,
+which applies to the final ranking like to any other. "Mean" is the mean over tasks of the
 normalised scores (`normalise`, per group), the tie-breaker of every rule but mean_score.
   majority:     the threshold vote. Each task keeps its top-k dimensions; a dimension passes when at least
                 need = ceil(threshold * T) tasks keep it (strict majority, T // 2 + 1, when threshold is None); k is
