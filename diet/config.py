@@ -115,6 +115,9 @@ def validate(cfg: DictConfig) -> None:
              cfg.eval.limit, "null (all documents) or an integer >= 1")
     _require(_is_int(cfg.eval.num_fewshot) and cfg.eval.num_fewshot >= 0, "eval.num_fewshot", cfg.eval.num_fewshot,
              "an integer >= 0")
+    max_gen_toks = cfg.eval.get("max_gen_toks")
+    _require(max_gen_toks is None or (_is_int(max_gen_toks) and max_gen_toks >= 1), "eval.max_gen_toks", max_gen_toks,
+             "null (each task's own setting) or an integer >= 1")
     _require(cfg.logger.name in LOGGERS, "logger", cfg.logger.name, ", ".join(LOGGERS))
     if cfg.logger.name == "wandb":
         _require(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))

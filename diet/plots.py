@@ -47,6 +47,9 @@ def write_all(run_dir: Path, masks: dict[str, torch.Tensor], per_task_masks: dic
         ax.bar(range(len(groups)), [int((~masks[g]).sum()) for g in groups],
                bottom=[int(masks[g].sum()) for g in groups], color="tab:gray", alpha=0.5, label="removed")
         ax.set(xlabel="layer", ylabel=unit, title="kept width per layer")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers, never 2.5
         ax.legend()
         written.append(_save(fig, run_dir / filename))
         plt.close(fig)

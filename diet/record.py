@@ -120,22 +120,29 @@ def describe_calibration(calib_sets: dict) -> dict:
 
 
 def drops(dense_metrics: dict, metrics: dict) -> dict:
-    """Dense minus pruned accuracy per task (acc and acc_norm where both runs have them)."""
-    return {t: {m: (dense_metrics[t][m] - metrics[t][m]) for m in ("acc", "acc_norm")
-                if dense_metrics[t].get(m) is not None and metrics[t].get(m) is not None}
+    """Dense minus pruned value per task and metric (every metric both runs have, stderrs excluded)."""
+    from diet import evaluate
+
+    return {t: {m: (dense_metrics[t][m] - metrics[t][m]) for m in metrics[t]
+                if not evaluate.is_stderr(m) and dense_metrics[t].get(m) is not None and metrics[t].get(m) is not None}
             for t in metrics if t in dense_metrics}
 
 
+def _fmt(value) -> str:
+    return f"{value:.3f}" if value is not None else "-"
+
+
 def summary(result: RunResult) -> str:
+    from diet import evaluate
+
     dense = result.dense_metrics or {}
     lines = [f"{result.method} {result.target} sparsity {result.sparsity['achieved']:.3f} on "
              f"{result.model}: params {result.params['pruned'] / result.params['dense']:.3f} of dense"]
     lines.append(f"{'task':<20} {'metric':<9} {'dense':>7} {'pruned':>7}")
     for task, values in result.metrics.items():
-        metric = result.paper_metric.get(task, "acc")
-        value = values.get(metric) if values.get(metric) is not None else values.get("acc")
-        d = dense.get(task, {}).get(metric)
-        lines.append(f"{task:<20} {metric:<9} {(f'{d:.3f}' if d is not None else '-'):>7} {value:>7.3f}")
+        metric = result.paper_metric.get(task) or evaluate.paper_metric(task, values)
+        value, d = values.get(metric), dense.get(task, {}).get(metric)
+        lines.append(f"{task:<20} {metric:<9} {_fmt(d):>7} {_fmt(value):>7}")
     avg, davg = result.average["paper"], (result.dense_average or {}).get("paper")
-    lines.append(f"{'average':<20} {'':<9} {(f'{davg:.3f}' if davg is not None else '-'):>7} {avg:>7.3f}")
+    lines.append(f"{'average':<20} {'':<9} {_fmt(davg):>7} {_fmt(avg):>7}")
     return "\n".join(lines)

@@ -43,7 +43,8 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
     profile_names = list(cfg.tasks.names)
     eval_names = list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_names
     task_objects = task_lib.load_tasks(sorted(set(profile_names) | set(eval_names)), data_dir=str(cache_dir / "data"),
-                                       local_dir=to_absolute_path(cfg.data.local_dir) if cfg.data.local_dir else None)
+                                       local_dir=to_absolute_path(cfg.data.local_dir) if cfg.data.local_dir else None,
+                                       keys={n: "eval.tasks" for n in eval_names if n not in profile_names})
     calib_sets = methods.calibration_sets(method.calibration_for(cfg.calib.source), {n: task_objects[n] for n in
                                           profile_names}, cfg.calib.n_samples, cfg.seed, cfg.calib.include_target)
     loaded = models.load(cfg.model, device=device, cache_dir=str(cache_dir), seed=cfg.seed)
@@ -59,7 +60,8 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
         calibration.exclude_calibration_docs(task_objects, calib_set)
     eval_tasks = task_lib.evaluation_tasks({n: task_objects[n] for n in eval_names})
     eval_kwargs = dict(device=device, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit,
-                       num_fewshot=cfg.eval.num_fewshot, bootstrap_iters=cfg.eval.bootstrap_iters, seed=cfg.seed)
+                       num_fewshot=cfg.eval.num_fewshot, bootstrap_iters=cfg.eval.bootstrap_iters, seed=cfg.seed,
+                       max_gen_toks=cfg.eval.get("max_gen_toks"))
     dense_metrics = None
     if cfg.eval.dense:
         recorder.status("running", stage="dense_eval")
@@ -117,7 +119,7 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
         seed=cfg.seed, sparsity=sparsity, vote=OmegaConf.to_container(cfg.vote, resolve=True),
         prune=OmegaConf.to_container(cfg.prune, resolve=True), calib=calib,
         params={"dense": dense_params, "pruned": pruned_params}, metrics=metrics, average=evaluate.averages(metrics),
-        paper_metric={t: evaluate.paper_metric(t) for t in eval_names}, dense_metrics=dense_metrics,
+        paper_metric={t: evaluate.paper_metric(t, metrics.get(t)) for t in eval_names}, dense_metrics=dense_metrics,
         dense_average=evaluate.averages(dense_metrics) if dense_metrics else None, timings_s=timings,
         profile_cache=cache_status, calibration=record.describe_calibration(calib_sets),
         mask_sha256=record.mask_sha256(used), versions=record.versions(),

@@ -7,14 +7,28 @@ index), so the same scores give a bit-identical mask whatever the order of the d
 Scores come from `diet/scoring.py` (named scorings) and the target (`diet/targets/`, which aggregates hook
 points into mask groups and owns the weight norms); this module turns scores into masks.
 
-Merge methods (`vote.method`), over T tasks; each task's own mask gives one vote to each dimension it keeps:
-  majority:     kept when votes / T >= threshold (strict majority, > T/2, when threshold is None);
-  union:        threshold 1/T (one vote is enough);  intersection: threshold 1 (every task);
-  mean_score:   no vote: the top of the mean over tasks of the normalised task scores.
-  With `exact_budget` the voted set is filled or trimmed to the budget, ranking by (votes desc, mean normalised
-  score desc, index asc). Note that with an exact budget the final mask is the top of that ranking whatever the
-  threshold, so majority, union and intersection give the same mask: they only differ when
-  `vote.exact_budget=false` (then the achieved sparsity is whatever the vote gives). mean_score is always exact.
+Merge rules (`vote.method`, registered in MERGE_RULES), over T tasks. Each rule is a ranking of the dimensions; the
+final mask keeps the top of that ranking under the budget (scope, min_keep, multiple_of below), so every rule prunes
+exactly the same number of dimensions and only the choice of dimensions differs. "Position" is a dimension's place in
+one task's own ranking (0 = best): within its group by raw score for scope=layer, in the task's global ranking of
+normalised scores (lower layer, then lower index on ties) for scope=global; positions ignore min_keep's reserve,
+which applies to the final ranking like to any other. "Mean" is the mean over tasks of the
+normalised scores (`normalise`, per group), the tie-breaker of every rule but mean_score.
+  majority:     the threshold vote. Each task keeps its top-k dimensions; a dimension passes when at least
+                need = ceil(threshold * T) tasks keep it (strict majority, T // 2 + 1, when threshold is None); k is
+                the smallest width at which the budget passes, and that last step's extra dimensions go by mean.
+                Equivalently: rank by the need-th best position over tasks (asc), then mean. The threshold selects
+                at an exact budget: 1/T is a budgeted union (each task's best dimensions first), 1 a budgeted
+                intersection (a dimension is as good as its worst task says).
+  union:        majority with threshold 1/T;  intersection: majority with threshold 1.
+  vote_count:   each task's own mask (top kept_count) gives one vote; rank by votes, then mean. The fill/trim
+                rule of earlier versions: at an exact budget the threshold cannot change its mask.
+  mean_score:   no vote: the top of the mean normalised score.
+  max_score:    the max over tasks of the normalised score, then mean: a dimension one task needs strongly stays.
+  borda:        Borda count: rank by the sum over tasks of positions (asc), then mean.
+  vote.exact_budget=false applies to the voting rules (majority, union, intersection, vote_count): each group keeps
+  the dimensions with at least `need` votes from the tasks' own masks (the achieved sparsity is whatever the vote
+  gives), ranked by votes then mean for min_keep / multiple_of rounding. The score rules are always exact.
 
 Scope, min_keep and multiple_of (`build_masks`):
   scope=layer:  each group keeps kept_count(width, sparsity), rounded to an allowed width (below); the same
@@ -51,7 +65,6 @@ import torch
 
 from diet import DietError
 
-VOTE_METHODS = ("majority", "union", "intersection", "mean_score")
 SCOPES = ("layer", "global")
 TARGETS = ("mlp", "hidden", "heads")
 DEFAULT_MIN_KEEP = 0.125
@@ -114,7 +127,7 @@ def _check_choice(key: str, value, allowed: tuple[str, ...]) -> None:
 
 
 def _no_votes_error(method: str, threshold, where: str, need: int, n_tasks: int, most: int) -> DietError:
-    if method == "majority":
+    if method in ("majority", "vote_count"):
         return DietError(f"vote.threshold: {threshold} keeps no dimension of {where} (needs {need} of {n_tasks} "
                          f"task votes; the most any dimension got is {most}); allowed: a lower threshold or "
                          "vote.exact_budget=true")
@@ -130,32 +143,76 @@ def mean_normalised_scores(per_task_scores: dict[str, dict[str, torch.Tensor]]) 
             for group in _sorted_groups(per_task_scores[tasks[0]])}
 
 
+# ------------------------------------------------------------------------------------------------ merge rules
+
+class MergeInput:
+    """What a merge rule may rank by (see the module docstring): tasks sorted, groups in layer order."""
+
+    def __init__(self, per_task_scores, per_task_masks, groups: list[str], scope: str, threshold: float | None,
+                 method: str):
+        self.tasks, self.groups = sorted(per_task_scores), groups
+        self.need = required_votes(len(self.tasks), threshold, method)
+        self.normalised = {t: {g: normalise(per_task_scores[t][g]) for g in groups} for t in self.tasks}
+        self.mean = {g: torch.stack([self.normalised[t][g] for t in self.tasks]).mean(dim=0) for g in groups}
+        self.votes = {g: torch.stack([per_task_masks[t][g] for t in self.tasks]).sum(dim=0) for g in groups}
+        if scope == "layer":
+            self.positions = {t: {g: _positions(_order(per_task_scores[t][g], None)) for g in groups}
+                              for t in self.tasks}
+        else:
+            self.positions = {}
+            for t in self.tasks:
+                flat = _positions(_order(torch.cat([self.normalised[t][g] for g in groups]), None))
+                self.positions[t] = dict(zip(groups, flat.split([self.mean[g].numel() for g in groups])))
+
+    def stacked_positions(self, group: str) -> torch.Tensor:
+        return torch.stack([self.positions[t][group] for t in self.tasks]).double()
+
+
+def _threshold_keys(inp: MergeInput):
+    """The need-th best position over tasks: the smallest k at which the dimension passes is that position + 1."""
+    entry = {g: torch.sort(inp.stacked_positions(g), dim=0).values[inp.need - 1] for g in inp.groups}
+    return {g: -entry[g] for g in inp.groups}, inp.mean
+
+
+def _vote_count_keys(inp: MergeInput):
+    return inp.votes, inp.mean
+
+
+def _mean_score_keys(inp: MergeInput):
+    return inp.mean, None
+
+
+def _max_score_keys(inp: MergeInput):
+    return {g: torch.stack([inp.normalised[t][g] for t in inp.tasks]).max(dim=0).values for g in inp.groups}, inp.mean
+
+
+def _borda_keys(inp: MergeInput):
+    return {g: -inp.stacked_positions(g).sum(dim=0) for g in inp.groups}, inp.mean
+
+
+# name -> (ranking keys (primary, secondary or None), whether vote.exact_budget=false / votes apply)
+MERGE_RULES = {
+    "majority": (_threshold_keys, True),
+    "union": (_threshold_keys, True),
+    "intersection": (_threshold_keys, True),
+    "vote_count": (_vote_count_keys, True),
+    "mean_score": (_mean_score_keys, False),
+    "max_score": (_max_score_keys, False),
+    "borda": (_borda_keys, False),
+}
+VOTE_METHODS = tuple(MERGE_RULES)
+
+
 def merge(per_task_masks: dict[str, dict[str, torch.Tensor]], per_task_scores: dict[str, dict[str, torch.Tensor]],
           sparsity: float, threshold: float | None = None, exact_budget: bool = True, method: str = "majority"
           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Merge per-task masks group by group (scope=layer, no min_keep / multiple_of; see `build_masks` for those).
-    Returns (mask per group, vote count per group)."""
-    _check_choice("vote.method", method, VOTE_METHODS)
-    tasks = sorted(per_task_masks)
-    need = required_votes(len(tasks), threshold, method)
-    masks, votes_by_group = {}, {}
-    for group in per_task_masks[tasks[0]]:
-        votes = torch.stack([per_task_masks[t][group] for t in tasks]).sum(dim=0)
-        voted = votes >= need
-        if method == "mean_score" or exact_budget:
-            mean_score = torch.stack([normalise(per_task_scores[t][group]) for t in tasks]).mean(dim=0)
-            keep = kept_count(votes.numel(), sparsity)
-            if method == "mean_score":
-                mask = top_k_mask(mean_score, keep)
-            else:
-                mask = torch.zeros_like(voted)
-                mask[rank(votes, mean_score)[:keep]] = True
-        else:
-            if not voted.any():
-                raise _no_votes_error(method, threshold, group, need, len(tasks), int(votes.max()))
-            mask = voted
-        masks[group], votes_by_group[group] = mask, votes
-    return masks, votes_by_group
+    """`build_masks` with scope=layer, min_keep=0, multiple_of=1; per_task_masks must be `task_masks(scores,
+    sparsity)` (they are recomputed from the scores and checked). Returns (mask per group, vote count per group)."""
+    masks, per_task, votes = build_masks(per_task_scores, sparsity=sparsity, vote_method=method, threshold=threshold,
+                                         exact_budget=exact_budget, min_keep=0.0, multiple_of=1)
+    if any(not torch.equal(per_task[t][g], per_task_masks[t][g]) for t in per_task for g in per_task[t]):
+        raise ValueError("merge: per_task_masks are not task_masks(per_task_scores, sparsity)")
+    return masks, votes
 
 
 # ------------------------------------------------------------------------------------ budget, scope, rounding
@@ -310,8 +367,8 @@ def build_masks(per_task_scores: dict[str, dict[str, torch.Tensor]], *, sparsity
     generic, magnitude or random). Returns (final masks, per-task masks {task: {group: mask}}, votes {group:
     int64 counts}), groups in layer order, tasks sorted. Each per-task mask is the mask that task alone would get
     (method=per_task evaluates each with its own). With a single task the final mask is that task's mask. With
-    scope=layer, multiple_of=1, method=majority and min_keep met by every group, this is exactly `task_masks` +
-    `merge`. `target` is only checked.
+    scope=layer, multiple_of=1 and min_keep met by every group, the per-task masks are exactly `task_masks`.
+    `target` is only checked.
     """
     _check_choice("vote.method", vote_method, VOTE_METHODS)
     _check_choice("prune.target", target, TARGETS)
@@ -334,19 +391,18 @@ def build_masks(per_task_scores: dict[str, dict[str, torch.Tensor]], *, sparsity
     votes = {g: torch.stack([per_task[t][g] for t in tasks]).sum(dim=0) for g in groups}
     if len(tasks) == 1:
         return dict(per_task[tasks[0]]), per_task, votes
-    mean = mean_normalised_scores(per_task_scores)
-    if vote_method == "mean_score":
-        return _select(budget, mean, None), per_task, votes
-    if exact_budget:
-        return _select(budget, votes, mean), per_task, votes
-    need = required_votes(len(tasks), threshold, vote_method)
-    counts = {g: int((votes[g] >= need).sum()) for g in groups}
+    keys, voting = MERGE_RULES[vote_method]
+    inp = MergeInput(per_task_scores, per_task, groups, scope, threshold, vote_method)
+    if exact_budget or not voting:
+        primary, secondary = keys(inp)
+        return _select(budget, primary, secondary), per_task, votes
+    counts = {g: int((votes[g] >= inp.need).sum()) for g in groups}
     empty = [g for g in groups if counts[g] == 0] if scope == "layer" else \
         ([] if any(counts.values()) else ["any group"])
     if empty:
         most = int(votes[empty[0]].max()) if scope == "layer" else max(int(v.max()) for v in votes.values())
-        raise _no_votes_error(vote_method, threshold, empty[0], need, len(tasks), most)
-    return _select(budget, votes, mean, budget.voted_widths(counts)), per_task, votes
+        raise _no_votes_error(vote_method, threshold, empty[0], inp.need, len(tasks), most)
+    return _select(budget, votes, inp.mean, budget.voted_widths(counts)), per_task, votes
 
 
 def random_masks(widths: dict[str, int], sparsity: float, seed: int, *, scope: str = "layer",

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Ablation: the vote. (1) the fraction of the 7 tasks that must keep a dimension, with no fill/trim to the budget
-# (vote.exact_budget=false: the achieved sparsity is what the vote gives, and the report shows it); (2) other merge
-# rules. A threshold that keeps no dimension of some layer fails that job with one line; the report lists it.
+# Ablation: the vote, at the exact budget (every run prunes the same number of dimensions, so the runs compare).
+# (1) the threshold: the fraction k/T of the T profiled tasks that must keep a dimension, k = 1..T (1/T = budgeted
+# union, T/T = budgeted intersection), T taken from the task mix (tasks=..., tasks.names=[...] or TASKS="a b c");
+# (2) the other merge rules. vote.exact_budget=false (the achieved sparsity is whatever the vote gives) can be added
+# as an argument; a threshold that then keeps no dimension of some layer fails that job with one line.
 source "$(dirname "$0")/_common.sh"
-sweep threshold vote.exact_budget=false vote.threshold=0.142857,0.285714,0.428571,0.571429,0.714286,0.857143,1.0
-sweep merge vote.exact_budget=false vote.method=union,intersection,mean_score
+read -r -a MIX <<< "$(task_mix)"
+T=${#MIX[@]}
+THRESHOLDS=$("$PYTHON" -c 'import sys; t = int(sys.argv[1]); print(",".join(f"{k / t:.6f}" for k in range(1, t + 1)))' "$T")
+sweep threshold vote.method=majority "vote.threshold=$THRESHOLDS"
+sweep merge vote.method=vote_count,mean_score,max_score,borda
 report_hint

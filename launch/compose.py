@@ -16,17 +16,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from diet import DietError, config
+from diet.report.collect import expand_sweep
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """The override list of each job, in Hydra's job order."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    """The override list of each job, in Hydra's job order (the expansion the report uses to list unstarted jobs)."""
+    return expand_sweep(overrides)[0]
 
 
 def covering(jobs: list[list[str]]) -> list[int]:

@@ -60,8 +60,12 @@ def test_report_table_matches_the_results(sweep, tmp_path):
     assert "report: 4 runs, 2 failed or missing" in proc.stdout
     results = load_results(sweep)
     header, rule, *rows = table_rows((tmp_path / "report.md").read_text())
-    assert header == ["model", "method", "target", "sparsity", *[f"{t} (acc)" for t in DEMO_TASKS], "average"]
-    assert rule == ["---"] * 4 + ["---:"] * 5
+    # the achieved sparsity is a column as soon as a run removed other than what was asked (width rounding)
+    off = any(abs(r["sparsity"]["achieved"] - r["sparsity"]["requested"]) > 1e-4 for r in results.values())
+    assert header == ["model", "method", "target", "sparsity", *(["achieved"] if off else []),
+                      *[f"{t} (acc)" for t in DEMO_TASKS], "average"]
+    assert rule == ["---"] * (4 + off) + ["---:"] * 5
+    rows = [row[:4] + row[4 + off:] for row in rows]
 
     def pct(v):
         return f"{100 * v:.1f}"
@@ -85,13 +89,17 @@ def test_report_table_matches_the_results(sweep, tmp_path):
 
     with open(tmp_path / "report.csv", newline="") as f:
         records = list(csv.DictReader(f))
-    assert list(records[0]) == ["model", "method", "target", "sparsity", "achieved_sparsity", "params_ratio",
-                                *[f"{t}/acc" for t in DEMO_TASKS], "average", "run"]
+    assert list(records[0]) == ["model", "method", "target", "sparsity", "seed", "achieved_sparsity", "params_ratio",
+                                *[c for t in DEMO_TASKS for c in (f"{t}/acc", f"{t}/acc_stderr")], "average", "run"]
     assert [(r["method"], float(r["sparsity"])) for r in records] == [("dense", 0.0), *order]
     for record, key in zip(records[1:], order):
         res = results[key]
         assert float(record["average"]) == res["average"]["paper"]  # raw floats, exactly
         assert [float(record[f"{t}/acc"]) for t in DEMO_TASKS] == [res["metrics"][t]["acc"] for t in DEMO_TASKS]
+        # lm-eval's stderr as reported: None (an empty cell) when it computed none (bootstrap_iters=0 here)
+        assert [float(record[f"{t}/acc_stderr"]) if record[f"{t}/acc_stderr"] else None for t in DEMO_TASKS] == [
+            res["metrics"][t].get("acc_stderr") for t in DEMO_TASKS]
+        assert int(record["seed"]) == res["seed"] == 0
         assert float(record["achieved_sparsity"]) == res["sparsity"]["achieved"]
         assert float(record["params_ratio"]) == res["params"]["pruned"] / res["params"]["dense"]
     png = tmp_path / "avg_vs_sparsity.png"
@@ -128,6 +136,7 @@ def test_wandb_fields_give_the_same_row(sweep):
     assert (remote.model, remote.method, remote.target, remote.sparsity) == (local.model, local.method, local.target,
                                                                            local.sparsity)
     assert remote.scores == local.scores and remote.average == local.average
+    assert cfg["seed"] == results["seed"] == remote.settings["seed"]  # a W&B column: grouping there = rows here
     assert remote.dense == pytest.approx(local.dense) and remote.dense_average == pytest.approx(local.dense_average)
 
 
@@ -159,7 +168,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, messa
 # ----------------------------------------------------------------------------------------------------- launch/
 
 SCRIPTS = {  # script -> jobs per printed sweep, with the script's own defaults
-    "paper_main.sh": [50], "ablate_samples.sh": [5], "ablate_threshold.sh": [7, 3], "ablate_scoring.sh": [4],
+    "paper_main.sh": [50], "ablate_samples.sh": [5], "ablate_threshold.sh": [7, 4], "ablate_scoring.sh": [4],
+    "demo_table.sh": [1, 9, 9],
     "ablate_target.sh": [1, 2], "ablate_leave_one_out.sh": [7], "profile_first.sh": [14, 2, 2, 50],
 }
 
@@ -173,7 +183,7 @@ def test_every_launcher_prints_commands_whose_jobs_all_compose(tmp_path):
     compose = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compose)
     for script, jobs in SCRIPTS.items():
-        proc = launch(script, f"hydra.sweep.dir={tmp_path / script}", env={"DRY_RUN": "print"})
+        proc = launch(script, f"hydra.sweep.dir={tmp_path / script}", env={"DRY_RUN": "print", "LAUNCHER": "slurm"})
         assert proc.returncode == 0, (script, proc.stderr[-3000:])
         commands = printed_commands(proc.stdout)
         assert len(commands) == len(jobs), (script, proc.stdout)
@@ -232,6 +242,81 @@ def test_a_launcher_runs_for_real_and_its_sweeps_report(tmp_path):
                       *[f"{t} (acc)" for t in DEMO_TASKS], "average"]
     achieved = {(target, scope): json.loads((tmp_path / "s" / job / "results.json").read_text())["sparsity"]["achieved"]
                 for job, (target, scope) in jobs.items()}
-    assert sorted((r[2], r[5], r[4]) for r in rows) == sorted((t, s, f"{a:.3f}") for (t, s), a in achieved.items())
+    assert sorted((r[2], r[5], r[4]) for r in rows) == sorted((t, s, f"{a:.4f}") for (t, s), a in achieved.items())
     assert (tmp_path / "s" / "avg_vs_prune_scope.png").stat().st_size > 2000
     assert "## Failed or missing runs\n\nNone." in (tmp_path / "s" / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------------- statistics
+
+def hand_run(method, seed, average, *, sparsity=0.3, achieved=0.3125, where=None, **settings):
+    from diet.report import Run
+
+    return Run(where=where or f"{method}/{seed}", model="m", method=method, target="mlp", sparsity=sparsity,
+               achieved=achieved, params_ratio=0.9, scores={"t1": average, "t2": 1 - average},
+               metric={"t1": "acc", "t2": "exact_match,strict-match"}, stderr={"t1": 0.01, "t2": 0.02},
+               average=average, dense=None, dense_average=None, settings={"seed": seed, **settings})
+
+
+def test_seeds_form_one_row_with_mean_sd_n_and_a_paired_baseline_difference(tmp_path):
+    from diet.report import Collected, build_table
+    from diet.report.tables import markdown
+
+    runs = [hand_run("diet", s, a) for s, a in ((0, 0.80), (1, 0.84), (2, 0.88))]
+    runs += [hand_run("generic", s, a) for s, a in ((2, 0.79), (0, 0.70), (1, 0.76))]
+    runs += [hand_run("magnitude", 0, 0.50)]
+    tasks, metric, extras, rows = build_table(runs, baseline="generic")
+    assert extras == [] and tasks == ["t1", "t2"] and metric["t2"] == "exact_match,strict-match"
+    by_method = {r.method: r for r in rows}
+    diet, generic, magnitude = by_method["diet"], by_method["generic"], by_method["magnitude"]
+    assert (diet.average.n, generic.average.n, magnitude.average.n) == (3, 3, 1)
+    assert diet.average.mean == pytest.approx(0.84) and diet.average.sd == pytest.approx(0.04)
+    assert generic.average.mean == pytest.approx(0.75) and generic.average.sd == pytest.approx(0.0021 ** 0.5)
+    assert diet.scores["t2"].mean == pytest.approx(0.16) and diet.scores["t2"].sd == pytest.approx(0.04)
+    # paired by seed: 0.10, 0.08, 0.09
+    assert diet.baseline.paired and diet.baseline.n == 3
+    assert diet.baseline.mean == pytest.approx(0.09) and diet.baseline.sd == pytest.approx(0.01)
+    # magnitude ran one seed: unpaired, the spread is generic's sd
+    assert not magnitude.baseline.paired
+    assert magnitude.baseline.mean == pytest.approx(-0.25) and magnitude.baseline.sd == pytest.approx(0.0021 ** 0.5)
+    assert generic.baseline is None
+    text = markdown(tasks, metric, extras, rows, Collected(runs=runs), ["here"], "generic")
+    lines = {r[1]: r for r in table_rows(text)[2:]}
+    assert table_rows(text)[0][-4:] == ["average", "n", "seeds", "Δ average vs generic"]
+    assert lines["diet"][-4:] == ["**84.0 ± 4.0**", "3", "0,1,2", "+9.0 ± 1.0"]
+    assert lines["generic"][-4:] == ["75.0 ± 4.6", "3", "0,1,2", ""]
+    assert lines["magnitude"][-4:] == ["50.0", "1", "0", "-25.0 ± 4.6 (unpaired)"]
+
+
+def test_bold_compares_equal_achieved_sparsity_and_repeated_seeds_are_merged_and_named():
+    from diet.report import Collected, build_table
+    from diet.report.tables import csv_text, markdown
+
+    runs = [hand_run("diet", 0, 0.80, **{"vote.exact_budget": True}),
+            hand_run("random", 0, 0.60, **{"vote.exact_budget": True}),
+            # requested 0.3 too, but the vote kept almost everything: never ranked against the runs above
+            hand_run("diet", 0, 0.99, achieved=0.011, **{"vote.exact_budget": False}),
+            hand_run("random", 0, 0.98, achieved=0.011, **{"vote.exact_budget": False}),
+            # the same configuration and seed from a second sweep: merged like a seed, and named
+            hand_run("diet", 0, 0.70, where="other_sweep/diet/0", **{"vote.exact_budget": True})]
+    tasks, metric, extras, rows = build_table(runs)
+    assert extras == ["vote.exact_budget"]
+    by_key = {(r.method, r.extras["vote.exact_budget"]): r for r in rows}
+    assert "average" in by_key["diet", True].bold and "average" not in by_key["random", True].bold
+    assert "average" in by_key["diet", False].bold and "average" not in by_key["random", False].bold
+    assert by_key["diet", True].average.mean == pytest.approx(0.75) and by_key["diet", True].seeds == [0, 0]
+    text = markdown(tasks, metric, extras, rows, Collected(runs=runs), ["here"])
+    assert "1 configurations ran more than once with the same seed" in text and "other_sweep/diet/0" in text
+    assert "| achieved |" in text.splitlines()[4].replace("achieved |", "achieved |")
+    assert len(csv_text(tasks, metric, extras, rows).strip().splitlines()) == 1 + len(runs)  # every run kept
+
+
+def test_an_unknown_baseline_is_one_line(monkeypatch, tmp_path):
+    import diet.report as package
+    from diet import DietError
+
+    runs = [hand_run("diet", 0, 0.8), hand_run("random", 0, 0.6)]
+    monkeypatch.setattr(package, "collect", lambda folders: package.Collected(runs=runs))
+    with pytest.raises(DietError, match=r"^--baseline: 'generc' has no runs here; allowed: diet, random$"):
+        package.report([tmp_path], baseline="generc")
+    assert not list(tmp_path.iterdir())  # nothing half-written

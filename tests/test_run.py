@@ -108,6 +108,7 @@ def test_wandb_failure_still_writes_results_and_exits_zero(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["model=gemma2_99b"], "diet: error: model: unknown choice 'gemma2_99b'; allowed: gemma2_27b, gemma2_2b"),
     (["model=tiny_llama", "tasks.names=[boolqq]"], "tasks.names: unknown lm-eval task 'boolqq'"),
+    (["model=tiny_llama", "tasks=demo", "eval.tasks=[demo_sums,boolqq]"], "eval.tasks: unknown lm-eval task 'boolqq'"),
     (["model=tiny_llama", "sparsity=1.0"], "sparsity: 1.0 is not allowed; allowed: a number in [0, 1)"),
     (["model=tiny_llama", "tasks=demo", "calib.n_samples=500"], "calib.n_samples: 500 is more than task"),
     (["model=tiny_llama", "vote.threshold=0"], "vote.threshold: 0 is not allowed"),

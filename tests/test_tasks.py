@@ -82,14 +82,18 @@ def test_demo_data_is_deterministic_disjoint_and_correct(tmp_path):
     assert hashes[0] == hashes[1]
     assert not list(tmp_path.rglob("*.tmp"))
 
-    capitals, antonyms, plurals = dict(demo.CAPITALS), dict(demo.ANTONYMS), dict(demo.PLURALS)
+    capitals, plurals = dict(demo.CAPITALS), dict(demo.PLURALS)
+    antonyms = {**dict(demo.ANTONYMS), **{b: a for a, b in demo.ANTONYMS}}
+    fact = {"demo_sums": lambda d: (d["a"], d["b"]), "demo_capitals": lambda d: d["country"],
+            "demo_antonyms": lambda d: frozenset((d["word"], antonyms[d["word"]])), "demo_plurals": lambda d: d["word"]}
     for name in demo.DEMO_TASKS:
         splits = {s: read_jsonl(tmp_path / "a" / name / f"{s}.jsonl") for s in ("train", "validation")}
-        assert all(40 <= len(docs) <= 60 for docs in splits.values())
-        questions = {s: [json.dumps({k: v for k, v in d.items() if k not in ("choices", "label")}, sort_keys=True)
-                         for d in docs] for s, docs in splits.items()}
-        assert len(set(questions["train"])) == len(questions["train"])
-        assert not set(questions["train"]) & set(questions["validation"])
+        assert 40 <= len(splits["train"]) <= 80 and 250 <= len(splits["validation"]) <= 400, name
+        prompts = {s: [d["prompt"] for d in docs] for s, docs in splits.items()}
+        assert len(set(prompts["train"])) == len(prompts["train"])
+        assert len(set(prompts["validation"])) == len(prompts["validation"])
+        # a fact (country, word pair, sum) lands in one split with all its phrasings
+        assert not {fact[name](d) for d in splits["train"]} & {fact[name](d) for d in splits["validation"]}
         for doc in splits["train"] + splits["validation"]:
             assert len(set(doc["choices"])) == demo.NUM_CHOICES
             gold = doc["choices"][doc["label"]]
@@ -98,6 +102,11 @@ def test_demo_data_is_deterministic_disjoint_and_correct(tmp_path):
                         "demo_antonyms": lambda d: antonyms.get(d.get("word")),
                         "demo_plurals": lambda d: plurals.get(d.get("word"))}[name](doc)
             assert gold == expected, (name, doc)
+            key = {"demo_sums": "a", "demo_capitals": "country"}.get(name, "word")
+            assert str(doc[key]) in doc["prompt"]
+            if name == "demo_sums":  # one forward pass per item: the choices share the tens digit
+                assert doc["prompt"] == f"{doc['a']} + {doc['b']} ="
+                assert len({c[:-1] for c in doc["choices"]}) == 1
 
 
 def test_demo_tasks_run_through_simple_evaluate(demo_tasks, tiny_lm):
@@ -107,7 +116,7 @@ def test_demo_tasks_run_through_simple_evaluate(demo_tasks, tiny_lm):
         assert 0.0 <= row["acc,none"] <= 1.0 and 0.0 <= row["acc_norm,none"] <= 1.0
         assert len(output["samples"][name]) == 6
     first = output["samples"]["demo_sums"][0]
-    assert re.fullmatch(r"\d \+ \d =", first["arguments"][0][0])  # the plain prompt, zero-shot
+    assert re.fullmatch(r"\d\d \+ \d =", first["arguments"][0][0])  # the plain prompt, zero-shot
 
 
 # ---------------------------------------------------------------- calibration
@@ -124,7 +133,8 @@ def test_calibration_is_seeded_and_disjoint_from_eval(demo_tasks):
     assert not set(first.texts) & eval_texts
     train_countries = {doc["country"] for doc in task.training_docs()}
     assert not train_countries & {doc["country"] for doc in task.eval_docs}
-    assert {re.sub(r"^The capital of (.*) is .*$", r"\1", t) for t in first.texts} <= train_countries
+    assert {re.sub(r"^(The capital of|The capital city of|In) (.*?),? (is|the capital is) .*$", r"\2", t)
+            for t in first.texts} <= train_countries
 
 
 def test_include_target_adds_exactly_the_gold_continuation(demo_tasks):
@@ -253,6 +263,9 @@ def test_unknown_task_names_get_suggestions(tmp_path):
         load_tasks(["demo_capital"], data_dir=str(tmp_path))
     with pytest.raises(DietError, match=r"^tasks\.names: 'mmlu' is an lm-eval group"):
         load_tasks(["mmlu"], data_dir=str(tmp_path))
+    # a task that is only evaluated (eval.tasks) is named as such
+    with pytest.raises(DietError, match=r"^eval\.tasks: unknown lm-eval task 'boolqq'; did you mean 'boolq'"):
+        load_tasks(["demo_sums", "boolqq"], data_dir=str(tmp_path), keys={"boolqq": "eval.tasks"})
 
 
 def test_missing_local_data_names_the_path(tmp_path):

@@ -6,20 +6,6 @@ import torch
 from diet import DietError, scoring, vote
 
 
-def reference_merge(masks, scores, sparsity, threshold, exact_budget):
-    """Plain-Python restatement of the documented rule, one dimension at a time."""
-    tasks = sorted(masks)
-    n = len(masks[tasks[0]])
-    votes = [sum(bool(masks[t][i]) for t in tasks) for i in range(n)]
-    need = len(tasks) // 2 + 1 if threshold is None else max(1, -(-threshold * len(tasks) // 1))
-    if not exact_budget:
-        return [v >= need for v in votes]
-    mean = [sum(scores[t][i] / (sum(scores[t]) / n) for t in tasks) / len(tasks) for i in range(n)]
-    keep = max(1, n - int(sparsity * n + 0.5))
-    order = sorted(range(n), key=lambda i: (-votes[i], -mean[i], i))
-    return [i in set(order[:keep]) for i in range(n)]
-
-
 def test_top_k_keeps_exactly_k_and_breaks_ties_by_lower_index():
     score = torch.tensor([1.0, 3.0, 3.0, 0.5, 3.0])
     assert vote.top_k_mask(score, 2).tolist() == [False, True, True, False, False]
@@ -31,38 +17,59 @@ def test_kept_count_rounds_the_removed_count(sparsity, width, kept):
     assert vote.kept_count(width, sparsity) == kept
 
 
-@pytest.mark.parametrize("threshold,exact_budget", [(None, True), (None, False), (1.0, False), (0.2, False),
-                                                    (1.0, True), (0.5, True)])
-def test_merge_matches_reference(threshold, exact_budget):
-    generator = torch.Generator().manual_seed(3)
-    tasks = ["a", "b", "c", "d", "e"]
-    scores = {t: {"g": torch.rand(40, generator=generator).double()} for t in tasks}
-    per_task = {t: vote.task_masks(scores[t], 0.3) for t in tasks}
-    merged, votes = vote.merge(per_task, scores, 0.3, threshold, exact_budget)
-    want = reference_merge({t: per_task[t]["g"].tolist() for t in tasks},
-                           {t: scores[t]["g"].tolist() for t in tasks}, 0.3, threshold, exact_budget)
-    assert merged["g"].tolist() == want
-    assert votes["g"].tolist() == [sum(per_task[t]["g"][i].item() for t in tasks) for i in range(40)]
-    if exact_budget:
-        assert int(merged["g"].sum()) == 28
+def test_merge_is_build_masks_in_layer_scope_and_checks_its_masks():
+    scores = random_scores(widths={"mlp.0": 40, "mlp.1": 40})
+    per_task = {t: vote.task_masks(s, 0.3) for t, s in scores.items()}
+    merged, votes = vote.merge(per_task, scores, 0.3, method="max_score")
+    masks, _, want_votes = vote.build_masks(scores, sparsity=0.3, vote_method="max_score", min_keep=0.0)
+    assert as_lists(merged) == as_lists(masks) and as_lists(votes) == as_lists(want_votes)
+    with pytest.raises(ValueError, match="per_task_masks are not task_masks"):
+        vote.merge({t: vote.task_masks(s, 0.5) for t, s in scores.items()}, scores, 0.3)
 
 
-def test_exact_budget_prefers_votes_then_mean_score():
-    per_task = {"a": {"g": torch.tensor([1, 1, 0, 0], dtype=torch.bool)},
-                "b": {"g": torch.tensor([1, 0, 1, 0], dtype=torch.bool)},
-                "c": {"g": torch.tensor([1, 0, 0, 1], dtype=torch.bool)}}
-    scores = {"a": {"g": torch.tensor([1.0, 1.0, 1.0, 1.0])}, "b": {"g": torch.tensor([1.0, 1.0, 5.0, 1.0])},
-              "c": {"g": torch.tensor([1.0, 1.0, 1.0, 1.0])}}
-    merged, votes = vote.merge(per_task, scores, sparsity=0.5)
+def test_vote_count_prefers_votes_then_mean_score():
+    scores = {"a": {"g": torch.tensor([4.0, 3.0, 1.0, 1.0])}, "b": {"g": torch.tensor([4.0, 1.0, 5.0, 1.0])},
+              "c": {"g": torch.tensor([4.0, 1.0, 1.0, 3.0])}}
+    merged, votes = vote.merge({t: vote.task_masks(s, 0.5) for t, s in scores.items()}, scores, sparsity=0.5,
+                               method="vote_count")
     assert votes["g"].tolist() == [3, 1, 1, 1]
     assert merged["g"].tolist() == [True, False, True, False]  # 3 votes, then the highest mean normalised score
 
 
-def test_threshold_nobody_meets_is_a_clear_error():
-    per_task = {t: {"g": torch.tensor([i == j for j in range(3)])} for i, t in enumerate("abc")}
-    scores = {t: {"g": torch.ones(3)} for t in "abc"}
-    with pytest.raises(DietError, match=r"vote.threshold: 1.0 keeps no dimension of g \(needs 3 of 3"):
-        vote.merge(per_task, scores, 0.6, threshold=1.0, exact_budget=False)
+@pytest.mark.parametrize("n_tasks", [4, 7])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_the_threshold_selects_at_an_exact_budget(n_tasks, scope):
+    """Every threshold k/T keeps exactly the budget, and they do not all keep the same dimensions (7 tasks: paper7).
+    The old fill/trim rule (vote_count) gives one mask whatever the threshold."""
+    scores = random_scores(n_tasks=n_tasks, widths={f"mlp.{i}": 256 for i in range(3)}, seed=n_tasks)
+    kwargs = dict(sparsity=0.3, scope=scope, min_keep=0.125, multiple_of=16)
+    masks = {k: vote.build_masks(scores, threshold=k / n_tasks, **kwargs)[0] for k in range(1, n_tasks + 1)}
+    sparsities = {vote.achieved_sparsity(m) for m in masks.values()}
+    assert len(sparsities) == 1
+    digests = {k: mask_digest((m, {}, {g: torch.zeros(1) for g in m})) for k, m in masks.items()}
+    assert len(set(digests.values())) >= n_tasks - 1, digests
+    assert as_lists(masks[1]) == as_lists(vote.build_masks(scores, vote_method="union", **kwargs)[0])
+    assert as_lists(masks[n_tasks]) == as_lists(vote.build_masks(scores, vote_method="intersection", **kwargs)[0])
+    strict = vote.build_masks(scores, **kwargs)[0]
+    assert as_lists(strict) == as_lists(masks[n_tasks // 2 + 1])
+    old = {vote.achieved_sparsity(vote.build_masks(scores, vote_method="vote_count", threshold=k / n_tasks,
+                                                   **kwargs)[0]) for k in (1, n_tasks)}
+    assert len(old) == 1
+    assert len({mask_digest((vote.build_masks(scores, vote_method="vote_count", threshold=k / n_tasks, **kwargs)[0],
+                             {}, {g: torch.zeros(1) for g in strict})) for k in (1, n_tasks)}) == 1
+
+
+def test_a_minority_task_keeps_its_dimensions_under_max_score_and_union():
+    """Three tasks agree on dimensions 0-3, one needs 4-5 alone: the majority vote drops 4-5; max_score and the
+    budgeted union keep them."""
+    common = torch.tensor([9.0, 8.0, 7.0, 6.0, 0.1, 0.1, 1.0, 1.0])
+    minority = torch.tensor([1.0, 1.0, 1.0, 1.0, 30.0, 29.0, 0.1, 0.1])
+    scores = {"a": {"mlp.0": common}, "b": {"mlp.0": common * 1.1}, "c": {"mlp.0": common * 0.9},
+              "d": {"mlp.0": minority}}
+    kept = {m: vote.build_masks(scores, sparsity=0.25, vote_method=m, min_keep=0.0)[0]["mlp.0"].tolist()
+            for m in ("majority", "vote_count", "mean_score", "max_score", "union")}
+    assert kept["majority"] == [True] * 4 + [False, False, True, True]
+    assert kept["max_score"] == kept["union"] == [True] * 6 + [False, False]
 
 
 def test_random_masks_are_seeded():
@@ -163,13 +170,33 @@ def reference_build(scores, sparsity, scope, method, threshold, exact_budget, mi
     if len(tasks) == 1:
         return per_task[tasks[0]], per_task, votes
     mean = {g: [sum(normalised(t, g, i) for t in tasks) / len(tasks) for i in range(widths[g])] for g in groups}
-    if method == "mean_score":
-        return select(lambda g, i: (-mean[g][i], gi[g], i)), per_task, votes
-    by_votes = lambda g, i: (-votes[g][i], -mean[g][i], gi[g], i)  # noqa: E731
-    if exact_budget:
-        return select(by_votes), per_task, votes
     need = {"union": 1, "intersection": len(tasks)}.get(
         method, len(tasks) // 2 + 1 if threshold is None else max(1, math.ceil(threshold * len(tasks) - 1e-9)))
+    # each task's position of each dimension: within the group by raw score, or in its global normalised ranking
+    position = {}
+    for t in tasks:
+        if scope == "layer":
+            for g in groups:
+                for p, i in enumerate(sorted(range(widths[g]), key=lambda i: (-scores[t][g][i], i))):
+                    position[t, g, i] = p
+        else:
+            everything = sorted(((g, i) for g in groups for i in range(widths[g])),
+                                key=lambda gi_: (-normalised(t, *gi_), gi[gi_[0]], gi_[1]))
+            for p, (g, i) in enumerate(everything):
+                position[t, g, i] = p
+    if method == "mean_score":
+        return select(lambda g, i: (-mean[g][i], gi[g], i)), per_task, votes
+    if method == "max_score":
+        return select(lambda g, i: (-max(normalised(t, g, i) for t in tasks), -mean[g][i], gi[g], i)), per_task, votes
+    if method == "borda":
+        return select(lambda g, i: (sum(position[t, g, i] for t in tasks), -mean[g][i], gi[g], i)), per_task, votes
+    by_votes = lambda g, i: (-votes[g][i], -mean[g][i], gi[g], i)  # noqa: E731
+    if exact_budget and method == "vote_count":
+        return select(by_votes), per_task, votes
+    if exact_budget:  # the threshold vote: grow k until the budget passes; the last step's extras by mean
+        def passes_at(g, i):  # the smallest k at which `need` tasks keep (g, i) in their top-k
+            return sorted(position[t, g, i] + 1 for t in tasks)[need - 1]
+        return select(lambda g, i: (passes_at(g, i), -mean[g][i], gi[g], i)), per_task, votes
     width = {}
     for g in groups:
         c = max(lo[g], sum(v >= need for v in votes[g]))
@@ -183,8 +210,10 @@ def as_lists(masks):
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 @pytest.mark.parametrize("method,threshold,exact_budget", [
-    ("majority", None, True), ("majority", None, False), ("majority", 0.8, False), ("union", None, False),
-    ("intersection", None, False), ("intersection", None, True), ("mean_score", None, True)])
+    ("majority", None, True), ("majority", 0.2, True), ("majority", 0.8, True), ("majority", None, False),
+    ("majority", 0.8, False), ("union", None, False), ("union", None, True), ("intersection", None, False),
+    ("intersection", None, True), ("vote_count", None, True), ("vote_count", 0.4, False), ("mean_score", None, True),
+    ("max_score", None, True), ("max_score", None, False), ("borda", None, True)])
 @pytest.mark.parametrize("min_keep,multiple_of", [(0.0, 1), (0.25, 4), (0.125, 8)])
 def test_build_masks_matches_reference(scope, method, threshold, exact_budget, min_keep, multiple_of):
     scores = random_scores()
@@ -196,45 +225,6 @@ def test_build_masks_matches_reference(scope, method, threshold, exact_budget, m
     assert {t: as_lists(m) for t, m in got[1].items()} == want[1]
     assert as_lists(got[2]) == want[2]
     assert list(got[0]) == list(WIDTHS) and all(m.dtype == torch.bool for m in got[0].values())
-
-
-@pytest.mark.parametrize("threshold,exact_budget", [(None, True), (None, False), (0.2, False), (1.0, True)])
-@pytest.mark.parametrize("min_keep", [0.0, vote.DEFAULT_MIN_KEEP])
-def test_build_masks_reproduces_task_masks_and_merge(threshold, exact_budget, min_keep):
-    scores = random_scores(widths={"mlp.0": 64, "mlp.1": 64, "mlp.2": 64})
-    masks, per_task, votes = vote.build_masks(scores, sparsity=0.3, target="mlp", threshold=threshold,
-                                              exact_budget=exact_budget, min_keep=min_keep)
-    old_per_task = {t: vote.task_masks(s, 0.3) for t, s in scores.items()}
-    old_masks, old_votes = vote.merge(old_per_task, scores, 0.3, threshold, exact_budget)
-    assert all(torch.equal(masks[g], old_masks[g]) and torch.equal(votes[g], old_votes[g]) for g in old_masks)
-    assert all(torch.equal(per_task[t][g], old_per_task[t][g]) for t in scores for g in old_masks)
-
-
-@pytest.mark.parametrize("method", ["union", "intersection", "mean_score"])
-@pytest.mark.parametrize("exact_budget", [True, False])
-def test_merge_methods_match_reference(method, exact_budget):
-    generator = torch.Generator().manual_seed(5)
-    tasks = ["a", "b", "c", "d", "e"]
-    shared = torch.rand(40, generator=generator).double()
-    scores = {t: {"g": shared + 0.5 * torch.rand(40, generator=generator).double()} for t in tasks}
-    per_task = {t: vote.task_masks(scores[t], 0.3) for t in tasks}
-    merged, votes = vote.merge(per_task, scores, 0.3, exact_budget=exact_budget, method=method)
-    plain_masks = {t: per_task[t]["g"].tolist() for t in tasks}
-    plain_scores = {t: scores[t]["g"].tolist() for t in tasks}
-    if method == "mean_score":  # no vote: top of the mean normalised score, always exactly the budget
-        mean = [sum(s[i] / (sum(s) / 40) for s in plain_scores.values()) / 5 for i in range(40)]
-        keep = set(sorted(range(40), key=lambda i: (-mean[i], i))[:28])
-        want = [i in keep for i in range(40)]
-    else:
-        want = reference_merge(plain_masks, plain_scores, 0.3, {"union": 1 / 5, "intersection": 1.0}[method],
-                               exact_budget)
-    assert merged["g"].tolist() == want
-    if exact_budget or method == "mean_score":
-        assert int(merged["g"].sum()) == 28
-    elif method == "union":
-        assert merged["g"].tolist() == [v >= 1 for v in votes["g"].tolist()]
-    else:
-        assert merged["g"].tolist() == [v == 5 for v in votes["g"].tolist()]
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.55])
@@ -449,7 +439,7 @@ def test_min_keep_beyond_the_budget_is_a_clear_error():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(scope="model"), r"^prune.scope: 'model' is not allowed; allowed: layer, global$"),
     (dict(vote_method="veto"), r"^vote.method: 'veto' is not allowed; allowed: majority, union, intersection, "
-                               r"mean_score$"),
+                               r"vote_count, mean_score, max_score, borda$"),
     (dict(min_keep=1.5), r"^prune.min_keep: 1.5 is not allowed; allowed: a fraction in \[0, 1\]"),
     (dict(min_keep=True), r"^prune.min_keep: True is not allowed"),
     (dict(multiple_of=0), r"^prune.multiple_of: 0 is not allowed; allowed: an integer >= 1$"),

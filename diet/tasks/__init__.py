@@ -53,8 +53,10 @@ def eval_split(task) -> str:
     return task.config.test_split if task.has_test_docs() else task.config.validation_split
 
 
-def load_tasks(names: list[str], *, local_dir: str | None = None, data_dir: str) -> dict[str, Any]:
-    """lm-eval task objects keyed by name, in the order given.
+def load_tasks(names: list[str], *, local_dir: str | None = None, data_dir: str,
+               keys: dict[str, str] | None = None) -> dict[str, Any]:
+    """lm-eval task objects keyed by name, in the order given. `keys`: the config key an error about a name should
+    name (default `tasks.names`; run.py passes `eval.tasks` for tasks that are only evaluated).
 
     Demo task names (diet.tasks.demo.DEMO_TASKS) write their JSONL under data_dir; any other name is a builtin lm-eval
     task. With local_dir, every builtin task reads its splits from local_dir/<task>/<split>.jsonl (in the HF dataset's
@@ -70,8 +72,9 @@ def load_tasks(names: list[str], *, local_dir: str | None = None, data_dir: str)
         raise DietError(f"tasks.names: {duplicates[0]!r} is listed more than once; list each task once")
     builtin = [name for name in names if name not in DEMO_TASKS]
     manager = _builtin_task_manager() if builtin else None
+    keys = keys or {}
     for name in builtin:
-        _check_builtin_name(name, manager)
+        _check_builtin_name(name, manager, keys.get(name, "tasks.names"))
     if local_dir is not None and builtin and not Path(local_dir).is_dir():
         raise DietError(f"data.local_dir: {local_dir} is not a folder; expected <task>/<split>.jsonl files in it")
 
@@ -82,11 +85,11 @@ def load_tasks(names: list[str], *, local_dir: str | None = None, data_dir: str)
         elif local_dir is not None:
             tasks[name] = _build_local(name, manager, Path(local_dir))
         else:
-            tasks[name] = _build_from_hub(name, manager)
+            tasks[name] = _build_from_hub(name, manager, keys.get(name, "tasks.names"))
     return tasks
 
 
-def _check_builtin_name(name: str, manager) -> None:
+def _check_builtin_name(name: str, manager, key: str = "tasks.names") -> None:
     from lm_eval.tasks._index import Kind
 
     entry = manager.task_index.get(name)
@@ -94,7 +97,7 @@ def _check_builtin_name(name: str, manager) -> None:
         matches = difflib.get_close_matches(name, list(DEMO_TASKS) + manager.all_tasks, n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(repr(m) for m in matches)}?" if matches else ""
         raise DietError(
-            f"tasks.names: unknown lm-eval task {name!r}{hint} "
+            f"{key}: unknown lm-eval task {name!r}{hint} "
             f"(lm-eval knows {len(manager.all_tasks)} tasks; demo tasks: {', '.join(DEMO_TASKS)})"
         )
     if entry.kind in (Kind.GROUP, Kind.TAG):
@@ -102,7 +105,7 @@ def _check_builtin_name(name: str, manager) -> None:
         members = sorted(entry.tags) if entry.kind is Kind.TAG else _group_members(entry)
         shown = ", ".join(members[:5]) + (", ..." if len(members) > 5 else "")
         raise DietError(
-            f"tasks.names: {name!r} is an lm-eval {what} ({len(members)} tasks: {shown}); "
+            f"{key}: {name!r} is an lm-eval {what} ({len(members)} tasks: {shown}); "
             f"allowed: single tasks, so list the ones you want by name"
         )
 
@@ -117,7 +120,7 @@ def _build(config: dict):
     return evaluation_task_manager().load([config])["tasks"][config["task"]]
 
 
-def _build_from_hub(name: str, manager):
+def _build_from_hub(name: str, manager, key: str = "tasks.names"):
     try:
         return manager.load([name])["tasks"][name]
     except Exception as err:
@@ -126,7 +129,7 @@ def _build_from_hub(name: str, manager):
         entry = manager.task_index[name]
         dataset = (entry.cfg or {}).get("dataset_path", "?")
         raise DietError(
-            f"tasks.names: lm-eval task {name!r} needs dataset {dataset!r}, which is not in the local HF cache and the "
+            f"{key}: lm-eval task {name!r} needs dataset {dataset!r}, which is not in the local HF cache and the "
             f"Hugging Face hub is unreachable ({type(err).__name__}); set data.local_dir to a folder with "
             f"{name}/<split>.jsonl files"
         ) from None

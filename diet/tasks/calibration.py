@@ -91,18 +91,27 @@ def format_document(task, doc: dict, doc_id: int, include_target: bool = True) -
     elif output_type == "loglikelihood":
         gold_context, continuation = context, task.doc_to_target(doc)
     elif output_type == "generate_until":
-        target = task.doc_to_target(doc)
-        if isinstance(target, list):
-            target = target[0]
-        if isinstance(target, int) and task.config.doc_to_choice is not None:
-            target = task.doc_to_choice(doc)[target]
-        # as lm-eval would show the answered document in a few-shot prompt
-        gold_context, continuation = context, task.config.target_delimiter + str(target)
+        # the prompt plus the gold answer as lm-eval would show the answered document in a few-shot prompt; the
+        # prompt alone when the task has no answer text (IFEval's target is a placeholder 0, its metric checks rules)
+        target = _generation_target(task, doc)
+        gold_context, continuation = context, ("" if target is None else task.config.target_delimiter + target)
     elif output_type == "loglikelihood_rolling":
         gold_context, continuation = "", task.doc_to_target(doc)  # the document is its own target
     else:
         raise ValueError(f"task {task.task_name}: unsupported output_type {output_type!r}")
     return gold_context + continuation if include_target else gold_context
+
+
+def _generation_target(task, doc: dict) -> str | None:
+    """The gold answer text of a generative task's document, or None when it has none."""
+    target = task.doc_to_target(doc)
+    if isinstance(target, list):
+        target = target[0] if target else None
+    if isinstance(target, int) and not isinstance(target, bool) and task.config.doc_to_choice is not None:
+        target = task.doc_to_choice(doc)[target]
+    if not isinstance(target, str) or not target.strip():
+        return None
+    return target
 
 
 def exclude_from_eval(task, doc_ids: list[int]) -> int:

@@ -1,8 +1,12 @@
-"""Four small synthetic multiple-choice tasks that run offline through lm-eval.
+"""Four synthetic multiple-choice tasks that run offline through lm-eval, each with a few hundred held-out items.
 
-Each task is generated deterministically from a fixed seed, split into a `train` split (calibration) and a disjoint
-`validation` split (evaluation), written as JSONL and registered with lm-eval as an inline config dict. The prompts are
-plain sentence starts ("The capital of France is" -> " Paris") that a ~270M-parameter LM completes zero-shot.
+Each task is generated deterministically from a fixed seed and split into a `train` split (calibration) and a disjoint
+`validation` split (evaluation), written as JSONL and registered with lm-eval as an inline config dict. Facts are split,
+not items: a country, word pair or sum lands in one split with all its phrasings. The prompts are plain sentence
+starts ("The capital of France is" -> " Paris") that a ~270M-parameter LM completes zero-shot; several phrasings per
+fact give several hundred validation items per task, so a 5-point difference of the four-task average is outside the
+item noise. Evaluation cost: the answers are single tokens for Gemma-3's vocabulary where possible, and the choices of
+a sum share their tens digit, so lm-eval's logits cache scores the four choices of most items in one forward pass.
 """
 
 import json
@@ -12,7 +16,7 @@ from pathlib import Path
 
 from diet import cache
 
-DEMO_SEED = 20240601
+DEMO_SEED = 20261130
 NUM_CHOICES = 4
 
 CAPITALS = [
@@ -94,25 +98,6 @@ PLURALS = [
 ]
 
 
-def _plural_forms(word: str) -> list[str]:
-    """Plausible-looking but possibly wrong plurals of `word`: the distractor pool for the plurals task.
-
-    The bare word is left out: a small LM prefers repeating it from the prompt over any plural (8% accuracy with it).
-    """
-    forms = [word + "s", word + "es", word + "en"]
-    if word.endswith("y"):
-        forms.append(word[:-1] + "ies")
-    if word.endswith("f"):
-        forms.append(word[:-1] + "ves")
-    if word.endswith("fe"):
-        forms.append(word[:-2] + "ves")
-    if word.endswith("us"):
-        forms.append(word[:-2] + "i")
-    if word.endswith("is"):
-        forms.append(word[:-2] + "es")
-    return forms
-
-
 def _pick_choices(rng: random.Random, gold: str, pool: list[str]) -> tuple[list[str], int]:
     distractors = rng.sample(sorted(set(pool) - {gold}), NUM_CHOICES - 1)
     choices = [gold] + distractors
@@ -120,66 +105,103 @@ def _pick_choices(rng: random.Random, gold: str, pool: list[str]) -> tuple[list[
     return choices, choices.index(gold)
 
 
-def _capitals(rng: random.Random) -> list[dict]:
-    all_capitals = [capital for _, capital in CAPITALS]
-    docs = []
-    for country, capital in CAPITALS:
-        choices, label = _pick_choices(rng, capital, all_capitals)
-        docs.append({"country": country, "choices": choices, "label": label})
-    return docs
+CAPITAL_PROMPTS = ("The capital of {country} is", "The capital city of {country} is", "In {country}, the capital is")
+ANTONYM_PROMPTS = ("The opposite of {word} is", "The antonym of {word} is")
+PLURAL_PROMPTS = ("The plural of {word} is", "One {word}, two", "A single {word}, several")
+SUM_TRAIN, SUM_VALIDATION = 60, 300
+TRAIN_FACTS = 16  # capitals, antonym pairs and plural words in the train split; the rest is validation
 
 
-def _antonyms(rng: random.Random) -> list[dict]:
-    all_answers = [antonym for _, antonym in ANTONYMS]
-    docs = []
-    for word, antonym in ANTONYMS:
-        choices, label = _pick_choices(rng, antonym, all_answers)
-        docs.append({"word": word, "choices": choices, "label": label})
-    return docs
+def _split_facts(rng: random.Random, facts: list, n_train: int) -> dict[str, list]:
+    facts = list(facts)
+    rng.shuffle(facts)
+    return {"train": facts[:n_train], "validation": facts[n_train:]}
 
 
-def _sums(rng: random.Random) -> list[dict]:
-    docs = []
-    for a in range(10):
-        for b in range(10):
+# Answers that Gemma-3's tokenizer splits into several tokens: never a distractor, so that the four choices of an item
+# are scored in one forward pass wherever the gold answer is a single token (lm-eval's logits cache).
+MULTI_TOKEN = {"Addis Ababa", "Algiers", "Luanda", "New Delhi", "Phnom Penh", "Vientiane", "Kuala Lumpur",
+               "Ulaanbaatar", "Sanaa", "Abu Dhabi", "Tashkent", "Brasilia", "Buenos Aires", "Bogota", "Asuncion",
+               "Tirana", "Nicosia", "Managua", "Port-au-Prince", "Lusaka", "Maputo", "Antananarivo", "Mogadishu",
+               "oases", "donkeys"}
+
+
+def _capitals(rng: random.Random) -> dict[str, list[dict]]:
+    all_capitals = [capital for _, capital in CAPITALS if capital not in MULTI_TOKEN]
+    split = {}
+    for name, facts in _split_facts(rng, CAPITALS, TRAIN_FACTS).items():
+        split[name] = []
+        for country, capital in facts:
+            for template in CAPITAL_PROMPTS:
+                choices, label = _pick_choices(rng, capital, all_capitals)
+                split[name].append({"country": country, "prompt": template.format(country=country),
+                                    "choices": choices, "label": label})
+    return split
+
+
+def _antonyms(rng: random.Random) -> dict[str, list[dict]]:
+    """Both directions of each pair (cold -> hot and hot -> cold); distractors are words of the same side."""
+    sides = ([word for word, _ in ANTONYMS], [antonym for _, antonym in ANTONYMS])
+    split = {}
+    for name, facts in _split_facts(rng, ANTONYMS, TRAIN_FACTS).items():
+        split[name] = []
+        for pair in facts:
+            for side in (0, 1):
+                word, gold = pair[side], pair[1 - side]
+                for template in ANTONYM_PROMPTS:
+                    choices, label = _pick_choices(rng, gold, sides[1 - side])
+                    split[name].append({"word": word, "prompt": template.format(word=word), "choices": choices,
+                                        "label": label})
+    return split
+
+
+def _sums(rng: random.Random) -> dict[str, list[dict]]:
+    """A two-digit number plus a one-digit number; the distractors share the sum's tens digit (only the last digit
+    tells them apart, and the four choices cost one forward pass)."""
+    pairs = rng.sample([(a, b) for a in range(10, 60) for b in range(1, 10)], SUM_TRAIN + SUM_VALIDATION)
+    split = {"train": pairs[:SUM_TRAIN], "validation": pairs[SUM_TRAIN:]}
+    docs = {}
+    for name, facts in split.items():
+        docs[name] = []
+        for a, b in facts:
             total = a + b
-            nearby = [str(n) for n in range(max(0, total - 4), total + 5)]
-            choices, label = _pick_choices(rng, str(total), nearby)
-            docs.append({"a": a, "b": b, "choices": choices, "label": label})
+            same_tens = [str(total - total % 10 + d) for d in range(10)]
+            choices, label = _pick_choices(rng, str(total), same_tens)
+            docs[name].append({"a": a, "b": b, "prompt": f"{a} + {b} =", "choices": choices, "label": label})
     return docs
 
 
-def _plurals(rng: random.Random) -> list[dict]:
-    docs = []
-    for word, plural in PLURALS:
-        # wrong forms of the same word, topped up with other words' plurals where the word has too few
-        pool = set(_plural_forms(word)) - {plural, word}
-        others = sorted({p for _, p in PLURALS} - {plural} - pool)
-        while len(pool) < NUM_CHOICES - 1:
-            pool.add(rng.choice(others))
-        choices, label = _pick_choices(rng, plural, sorted(pool) + [plural])
-        docs.append({"word": word, "choices": choices, "label": label})
-    return docs
+def _plurals(rng: random.Random) -> dict[str, list[dict]]:
+    """Distractors are other words' plurals (single tokens): the model must pair the form with the word."""
+    all_plurals = sorted({p for _, p in PLURALS} - MULTI_TOKEN)
+    split = {}
+    for name, facts in _split_facts(rng, PLURALS, TRAIN_FACTS).items():
+        split[name] = []
+        for word, plural in facts:
+            for template in PLURAL_PROMPTS:
+                choices, label = _pick_choices(rng, plural, all_plurals)
+                split[name].append({"word": word, "prompt": template.format(word=word), "choices": choices,
+                                    "label": label})
+    return split
 
 
-# name -> (document generator, doc_to_text template)
+# name -> document generator ({"train": docs, "validation": docs}); every doc has a `prompt`
 _DEMO_SPECS = {
-    "demo_capitals": (_capitals, "The capital of {{country}} is"),
-    "demo_antonyms": (_antonyms, "The opposite of {{word}} is"),
-    "demo_sums": (_sums, "{{a}} + {{b}} ="),
-    "demo_plurals": (_plurals, "The plural of {{word}} is"),
+    "demo_capitals": _capitals,
+    "demo_antonyms": _antonyms,
+    "demo_sums": _sums,
+    "demo_plurals": _plurals,
 }
 DEMO_TASKS: tuple[str, ...] = tuple(_DEMO_SPECS)
 
 
 def demo_documents(name: str) -> dict[str, list[dict]]:
-    """The `train` and `validation` documents of one demo task; each item lands in exactly one split."""
-    generate, _ = _DEMO_SPECS[name]
+    """The `train` and `validation` documents of one demo task; each fact lands in exactly one split."""
     rng = random.Random(f"{DEMO_SEED}:{name}")
-    docs = generate(rng)
-    rng.shuffle(docs)
-    half = len(docs) // 2
-    return {"train": docs[:half], "validation": docs[half:]}
+    split = _DEMO_SPECS[name](rng)
+    for docs in split.values():  # phrasings of one fact apart, so that eval.limit=N samples N items of many facts
+        rng.shuffle(docs)
+    return split
 
 
 def _write_jsonl_atomic(path: Path, docs: list[dict]) -> None:
@@ -201,7 +223,6 @@ def write_demo_data(name: str, data_dir: str | os.PathLike) -> dict[str, str]:
 
 def demo_task_config(name: str, data_dir: str | os.PathLike) -> dict:
     """An lm-eval task config dict for one demo task, its data written under data_dir."""
-    _, doc_to_text = _DEMO_SPECS[name]
     return {
         "task": name,
         "dataset_path": "json",
@@ -211,7 +232,7 @@ def demo_task_config(name: str, data_dir: str | os.PathLike) -> dict:
         "training_split": "train",
         "validation_split": "validation",
         "test_split": None,
-        "doc_to_text": doc_to_text,
+        "doc_to_text": "{{prompt}}",
         "doc_to_choice": "choices",
         "doc_to_target": "label",
         "target_delimiter": " ",
@@ -219,5 +240,5 @@ def demo_task_config(name: str, data_dir: str | os.PathLike) -> dict:
             {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
             {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
         ],
-        "metadata": {"version": 1.0, "demo_seed": DEMO_SEED},
+        "metadata": {"version": 2.0, "demo_seed": DEMO_SEED},
     }

@@ -1,0 +1,3 @@
+from diet.report import main
+
+main()
