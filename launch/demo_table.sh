@@ -9,6 +9,8 @@
 #   SEEDS=0,1,2          calibration draws (magnitude uses no data: it runs once, seed 0)
 #   LIMIT=75             validation items per task (eval.limit: the first N of a shuffled split); LIMIT=null = all
 #   MERGES=majority,union,max_score   vote.method values for method=diet (any of diet.vote.MERGE_RULES)
+#   PARTS=mlp,heads      mlp = the FFN table (dense, magnitude, the merges, generic, per_task, random);
+#                        heads = prune.target=heads and [mlp,heads] with diet (majority), generic and random
 # The model runs in bfloat16 (model.dtype=bfloat16: about 4x faster matrix products on CPUs with AVX512-BF16;
 # lm-eval's log-softmax stays float32). Extra arguments are Hydra overrides, e.g. cache_dir=/shared/cache.
 LAUNCHER="${LAUNCHER:-basic}"
@@ -18,9 +20,15 @@ SEEDS="${SEEDS:-0,1,2}"
 LIMIT="${LIMIT:-75}"
 MERGES="${MERGES:-majority,union,max_score}"
 COMMON=(experiment=demo logger=none model.dtype=bfloat16 "eval.limit=$LIMIT" "sparsity=$SPARSITIES")
-sweep magnitude "${COMMON[@]}" method=magnitude seed=0 eval.dense=true   # the dense row, once
-sweep merges "${COMMON[@]}" eval.dense=false method=diet "vote.method=$MERGES" "seed=$SEEDS"
-sweep baselines "${COMMON[@]}" eval.dense=false method=generic,per_task,random "seed=$SEEDS"
+PARTS="${PARTS:-mlp,heads}"
+if [[ ",$PARTS," == *,mlp,* ]]; then
+  sweep magnitude "${COMMON[@]}" method=magnitude seed=0 eval.dense=true   # the dense row, once
+  sweep merges "${COMMON[@]}" eval.dense=false method=diet "vote.method=$MERGES" "seed=$SEEDS"
+  sweep baselines "${COMMON[@]}" eval.dense=false method=generic,per_task,random "seed=$SEEDS"
+fi
+if [[ ",$PARTS," == *,heads,* ]]; then
+  sweep heads "${COMMON[@]}" eval.dense=false "prune.target=heads,[mlp,heads]" method=diet,generic,random "seed=$SEEDS"
+fi
 if [[ "$DRY_RUN" == 0 ]]; then
   "$PYTHON" -m diet.report "$SWEEP_ROOT" --baseline generic || FAILED=$?
 fi
