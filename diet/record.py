@@ -65,6 +65,28 @@ class RunResult:
         return out
 
 
+def build(cfg, *, method, target_names, profile_names, eval_names, sparsity, calib, calib_sets, params, metrics,
+          dense_metrics, timings, cache_status, masks, per_task_masks) -> RunResult:
+    """The run's result from its config and what the stages returned."""
+    from omegaconf import OmegaConf
+
+    from diet import evaluate
+
+    used = task_mask_tensors(per_task_masks) if method.per_task_eval else masks  # what the evaluation used
+    return RunResult(
+        model=cfg.model.name, model_id=cfg.model.name_or_path, tasks=profile_names, eval_tasks=eval_names,
+        method=method.name, scoring=cfg.scoring.name, target="+".join(target_names), scope=cfg.prune.scope,
+        seed=cfg.seed, sparsity=sparsity, vote=OmegaConf.to_container(cfg.vote, resolve=True),
+        prune=OmegaConf.to_container(cfg.prune, resolve=True), calib=calib, params=params, metrics=metrics,
+        average=evaluate.averages(metrics),
+        paper_metric={t: evaluate.paper_metric(t, metrics.get(t)) for t in eval_names}, dense_metrics=dense_metrics,
+        dense_average=evaluate.averages(dense_metrics) if dense_metrics else None, timings_s=timings,
+        profile_cache=cache_status, calibration=describe_calibration(calib_sets), mask_sha256=mask_sha256(used),
+        versions=versions(),
+        task_mask_sha256={t: mask_sha256(m) for t, m in per_task_masks.items()} if method.per_task_eval else None,
+        drop=drops(dense_metrics, metrics) if dense_metrics else None)
+
+
 class Recorder:
     """The only writer into the run directory: status.json while running, atomic files at the end."""
 

@@ -21,6 +21,9 @@ log = logging.getLogger("diet")
 
 def vote_stage(cfg: DictConfig, loaded: models.LoadedModel, stats: dict, method=None, target_names=None):
     """The vote stage as the run calls it (the benchmarks time this same call)."""
+    if warning := prune.gpu_alignment_warning(profile.input_device(loaded.model, loaded.adapter),
+                                              cfg.prune.multiple_of):
+        log.warning(warning)
     method = method or methods.get(cfg.method.name)
     target_names = target_names or targets.names(cfg.prune.target)
     return methods.make_masks(
@@ -77,9 +80,6 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
 
     recorder.status("running", stage="vote")
     t = time.perf_counter()
-    input_device = profile.input_device(loaded.model, loaded.adapter)
-    if warning := prune.gpu_alignment_warning(input_device, cfg.prune.multiple_of):
-        log.warning(warning)
     masks, per_task_masks, votes, mean_scores = vote_stage(cfg, loaded, stats, method, target_names)
     timings["vote"] = time.perf_counter() - t
     sparsity = record.sparsity(cfg.sparsity, masks, target_names)
@@ -93,38 +93,15 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
         metrics, pruned_params = evaluate.per_task_eval(loaded, target_names, per_task_masks, task_objects,
                                                         eval_names, eval_kwargs, timings)
     else:
-        recorder.status("running", stage="prune")
-        t = time.perf_counter()
-        prune.prune_model(loaded.model, loaded.adapter, masks, target_names)
-        pruned_params = prune.count_params(loaded.model)
-        if cfg.prune.save:
-            prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
-        timings["prune"] = time.perf_counter() - t
-        log.info("prune: %d -> %d parameters (%.3f) in %.2f s", dense_params, pruned_params,
-                 pruned_params / dense_params, timings["prune"])
-        recorder.status("running", stage="eval")
-        t = time.perf_counter()
-        evaluated = evaluate.evaluate(loaded.model, loaded.tokenizer, eval_tasks, log_samples=cfg.eval.log_samples,
-                                      **eval_kwargs)
-        metrics = evaluated["metrics"]
-        if cfg.eval.log_samples:
-            recorder.json("eval_samples.json", evaluated["samples"])
-        timings["eval"] = time.perf_counter() - t
+        metrics, pruned_params = prune_and_evaluate(cfg, loaded, masks, target_names, eval_tasks, eval_kwargs,
+                                                    recorder, timings)
     timings["total"] = time.perf_counter() - started
 
-    used = record.task_mask_tensors(per_task_masks) if method.per_task_eval else masks  # what the evaluation used
-    result = record.RunResult(
-        model=cfg.model.name, model_id=cfg.model.name_or_path, tasks=profile_names, eval_tasks=eval_names,
-        method=method.name, scoring=cfg.scoring.name, target="+".join(target_names), scope=cfg.prune.scope,
-        seed=cfg.seed, sparsity=sparsity, vote=OmegaConf.to_container(cfg.vote, resolve=True),
-        prune=OmegaConf.to_container(cfg.prune, resolve=True), calib=calib,
-        params={"dense": dense_params, "pruned": pruned_params}, metrics=metrics, average=evaluate.averages(metrics),
-        paper_metric={t: evaluate.paper_metric(t, metrics.get(t)) for t in eval_names}, dense_metrics=dense_metrics,
-        dense_average=evaluate.averages(dense_metrics) if dense_metrics else None, timings_s=timings,
-        profile_cache=cache_status, calibration=record.describe_calibration(calib_sets),
-        mask_sha256=record.mask_sha256(used), versions=record.versions(),
-        task_mask_sha256={t: record.mask_sha256(m) for t, m in per_task_masks.items()} if method.per_task_eval
-        else None, drop=record.drops(dense_metrics, metrics) if dense_metrics else None)
+    result = record.build(cfg, method=method, target_names=target_names, profile_names=profile_names,
+                          eval_names=eval_names, sparsity=sparsity, calib=calib, calib_sets=calib_sets,
+                          params={"dense": dense_params, "pruned": pruned_params}, metrics=metrics,
+                          dense_metrics=dense_metrics, timings=timings, cache_status=cache_status, masks=masks,
+                          per_task_masks=per_task_masks)
     recorder.result(result)
     plot_paths = plots.write_all(recorder.dir, masks, per_task_masks, votes, mean_scores, result.target)
     recorder.status("done")
@@ -137,6 +114,28 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
         name=hydra_cfg.job.override_dirname or cfg.model.name,
         group=Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None)
     return result
+
+
+def prune_and_evaluate(cfg, loaded, masks, target_names, eval_tasks, eval_kwargs, recorder, timings):
+    """Prune the loaded model in place (saving it on request) and evaluate it: (metrics, pruned parameter count)."""
+    dense_params = prune.count_params(loaded.model)
+    recorder.status("running", stage="prune")
+    t = time.perf_counter()
+    prune.prune_model(loaded.model, loaded.adapter, masks, target_names)
+    pruned_params = prune.count_params(loaded.model)
+    if cfg.prune.save:
+        prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
+    timings["prune"] = time.perf_counter() - t
+    log.info("prune: %d -> %d parameters (%.3f) in %.2f s", dense_params, pruned_params,
+             pruned_params / dense_params, timings["prune"])
+    recorder.status("running", stage="eval")
+    t = time.perf_counter()
+    evaluated = evaluate.evaluate(loaded.model, loaded.tokenizer, eval_tasks, log_samples=cfg.eval.log_samples,
+                                  **eval_kwargs)
+    if cfg.eval.log_samples:
+        recorder.json("eval_samples.json", evaluated["samples"])
+    timings["eval"] = time.perf_counter() - t
+    return evaluated["metrics"], pruned_params
 
 
 @hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="config")
