@@ -169,7 +169,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args, messa
 
 SCRIPTS = {  # script -> jobs per printed sweep, with the script's own defaults
     "paper_main.sh": [50], "ablate_samples.sh": [5], "ablate_threshold.sh": [7, 4], "ablate_scoring.sh": [4],
-    "demo_table.sh": [1, 9, 9, 18],
+    "demo_table.sh": [3, 63, 27],
     "ablate_target.sh": [1, 2], "ablate_leave_one_out.sh": [7], "profile_first.sh": [14, 2, 2, 50],
 }
 
