@@ -293,13 +293,12 @@ def bench_e2e(rec, name, model, adapter, device, clock, args, shape):
     cfg = harness.run_config(["method=diet", "scoring=act_l2", "prune.target=mlp", f"sparsity={args.e2e_sparsity}",
                               f"prune.multiple_of={1 if args.tiny else 128}"])
     loaded = harness.wrap_model(model, adapter)
-    widths = harness.run_widths(loaded, "mlp")
     clock.sync()
     t0 = time.perf_counter()
     stats = {task: collect(model, adapter, batches, "mlp", desc=task) for task, batches in tasks.items()}
     clock.sync()
     t1 = time.perf_counter()
-    masks = harness.run_vote(cfg, loaded, stats, widths)
+    masks = harness.run_vote(cfg, loaded, stats)
     t2 = time.perf_counter()
     harness.run_prune(model, adapter, masks, "mlp")
     clock.sync()
@@ -376,7 +375,7 @@ def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
             cfg = harness.run_config(["method=random", "seed=0", f"sparsity={sparsity}", f"prune.target={target}",
                                       f"prune.multiple_of={multiple_of}"])
             loaded = harness.wrap_model(pruned, adapter)
-            masks = harness.run_vote(cfg, loaded, {}, harness.run_widths(loaded, target))
+            masks = harness.run_vote(cfg, loaded, {})
             harness.run_prune(pruned, adapter, masks, target)
             pruned_shape = harness.decoder_shape(pruned, adapter)
             widths, hidden = [ly.mlp for ly in pruned_shape.layers], pruned_shape.head_in

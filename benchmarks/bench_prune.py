@@ -5,7 +5,7 @@ ratios.
     python benchmarks/bench_prune.py [--quick | --tiny] [--doc docs/benchmarks.md]
 
 Everything diet does here goes through the run's own entry points, named once in `harness.py` (`run_config`,
-`run_widths`, `run_profile`, `run_vote`, `run_prune`): the config is the run's demo experiment with the overrides
+`run_profile`, `run_vote`, `run_prune`): the config is the run's demo experiment with the overrides
 each part states, so the masks come from the same code, budget rules and `prune.multiple_of` as in
 `python -m diet.run`. A target diet does not accept yet (`heads`, `mlp+heads` before the heads target lands) is
 skipped with diet's own refusal printed under the table.
@@ -88,7 +88,6 @@ def vote_prune_overhead(loaded, texts: dict[str, list[str]], cfg, repeats: int) 
     target = cfg.prune.target
     tokens = sum(int(b["attention_mask"].sum()) for t in texts.values()
                  for b in profile.tokenize(loaded.tokenizer, t, cfg.calib.max_length, cfg.calib.batch_size))
-    widths = harness.run_widths(loaded, target)  # computed once per run, before profiling, in the run too
     profile_s, vote_s, prune_s = [], [], []
     for r in range(repeats):
         started = time.perf_counter()
@@ -96,7 +95,7 @@ def vote_prune_overhead(loaded, texts: dict[str, list[str]], cfg, repeats: int) 
         profile_s.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        masks = harness.run_vote(cfg, loaded, stats, widths)
+        masks = harness.run_vote(cfg, loaded, stats)
         vote_s.append(time.perf_counter() - started)
 
         pruned = copy.deepcopy(loaded.model)
@@ -287,9 +286,8 @@ def main(argv=None) -> None:
                 for sparsity in sparsities:
                     cfg = cfg_for(target, model_setting + ["method=random", f"sparsity={sparsity}",
                                                            f"prune.multiple_of={multiple_of}"])
-                    widths = harness.run_widths(loaded, target)
                     try:
-                        masks = harness.run_vote(cfg, loaded, {}, widths)
+                        masks = harness.run_vote(cfg, loaded, {})
                     except DietError as err:
                         failed.append(f"{harness.target_label(target)} at sparsity {sparsity}, multiple_of "
                                       f"{multiple_of}: {err}")

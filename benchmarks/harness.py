@@ -75,13 +75,6 @@ def wrap_model(model, adapter, tokenizer=None):
     return LoadedModel(model, tokenizer, adapter, fingerprint="benchmark")
 
 
-def run_widths(loaded, target) -> dict[str, int]:
-    """Mask group -> width, as the run computes it."""
-    from diet import targets
-
-    return targets.widths(loaded.model, loaded.adapter, target)
-
-
 def run_profile(loaded, texts: list[str], cfg) -> dict:
     """The profiling pass the run makes for one calibration set on a cache miss (statistics per hook point)."""
     from diet import profile, targets
@@ -94,7 +87,7 @@ def run_profile(loaded, texts: list[str], cfg) -> dict:
     return stats
 
 
-def run_vote(cfg, loaded, stats: dict, widths: dict[str, int]) -> dict:
+def run_vote(cfg, loaded, stats: dict) -> dict:
     """The run's vote stage (method, scoring, merge and budget rules from `cfg`); returns the final masks."""
     from diet import run
 

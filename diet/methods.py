@@ -29,11 +29,11 @@ def magnitude_scores(target, model, adapter, stats, scoring_name, seed):
 
 def random_scores(target, model, adapter, stats, scoring_name, seed):
     """Seeded uniform scores drawn group by group in layer order (the draws of `vote.random_masks`)."""
-    from diet.vote import _sorted_groups
+    from diet.vote import sorted_groups
 
     widths = target.widths(model, adapter)
     generator = torch.Generator().manual_seed(seed)
-    return {"random": {g: torch.rand(widths[g], generator=generator) for g in _sorted_groups(widths)}}
+    return {"random": {g: torch.rand(widths[g], generator=generator) for g in sorted_groups(widths)}}
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def _group_key(name: str):
     return (prefix, int(suffix)) if prefix and suffix.isdigit() else (name, -1)
 
 
-def _sorted_groups(names) -> list[str]:
+def sorted_groups(names) -> list[str]:
     return sorted(names, key=_group_key)
 
 
@@ -140,7 +140,7 @@ def mean_normalised_scores(per_task_scores: dict[str, dict[str, torch.Tensor]]) 
     """Per group, the mean over tasks (sorted) of the normalised task scores: the merge's secondary key."""
     tasks = sorted(per_task_scores)
     return {group: torch.stack([normalise(per_task_scores[t][group]) for t in tasks]).mean(dim=0)
-            for group in _sorted_groups(per_task_scores[tasks[0]])}
+            for group in sorted_groups(per_task_scores[tasks[0]])}
 
 
 # ------------------------------------------------------------------------------------------------ merge rules
@@ -236,7 +236,7 @@ class _Budget:
                             "layer's width")
         if not (_is_int(multiple_of) and multiple_of >= 1):
             raise DietError(f"prune.multiple_of: {multiple_of!r} is not allowed; allowed: an integer >= 1")
-        self.groups = _sorted_groups(widths)
+        self.groups = sorted_groups(widths)
         self.widths = {g: int(widths[g]) for g in self.groups}
         self.sparsity, self.scope, self.min_keep, self.m = sparsity, scope, min_keep, multiple_of
         self.lo = {g: self._min_width(g, min_keep) for g in self.groups}
@@ -375,7 +375,7 @@ def build_masks(per_task_scores: dict[str, dict[str, torch.Tensor]], *, sparsity
     if not per_task_scores:
         raise ValueError("build_masks needs the scores of at least one task")
     tasks = sorted(per_task_scores)
-    groups = _sorted_groups(per_task_scores[tasks[0]])
+    groups = sorted_groups(per_task_scores[tasks[0]])
     widths = {g: per_task_scores[tasks[0]][g].numel() for g in groups}
     for t in tasks:
         found = {g: s.numel() for g, s in per_task_scores[t].items()}
@@ -409,7 +409,7 @@ def random_masks(widths: dict[str, int], sparsity: float, seed: int, *, scope: s
                  min_keep: float = DEFAULT_MIN_KEEP, multiple_of: int = 1) -> dict[str, torch.Tensor]:
     """Seeded uniform scores (drawn group by group in layer order) through the same budget rules."""
     generator = torch.Generator().manual_seed(seed)
-    scores = {g: torch.rand(widths[g], generator=generator) for g in _sorted_groups(widths)}
+    scores = {g: torch.rand(widths[g], generator=generator) for g in sorted_groups(widths)}
     target = "hidden" if list(scores) == ["hidden"] else "mlp"
     return build_masks({"random": scores}, sparsity=sparsity, target=target, scope=scope, min_keep=min_keep,
                        multiple_of=multiple_of)[0]
