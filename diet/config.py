@@ -188,3 +188,14 @@ def check_launcher(argv: list[str]) -> None:
 def exit_on_error(err: DietError) -> None:
     print(f"diet: error: {err}", file=sys.stderr)
     sys.exit(2)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The config `python -m diet.run OVERRIDES` would run, composed in-process (for `run.run`, tests, notebooks).
+    Hydra's own keys (`hydra.*`) are not part of it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    check_group_choices(list(overrides))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))

@@ -34,10 +34,12 @@ def vote_stage(cfg: DictConfig, loaded: models.LoadedModel, stats: dict, method=
                    vote_method=cfg.vote.method, threshold=cfg.vote.threshold, exact_budget=cfg.vote.exact_budget))
 
 
-def run(cfg: DictConfig) -> record.RunResult | dict:
+def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str | None = None
+        ) -> record.RunResult | dict:
+    """One run of a composed config into `run_dir` (in-process callable: nothing here needs Hydra's runtime).
+    `name` and `group` name the W&B run (default: the model's name, no group)."""
     config.validate(cfg)
-    hydra_cfg = HydraConfig.get()
-    recorder = record.Recorder(Path(hydra_cfg.runtime.output_dir))
+    recorder = record.Recorder(Path(run_dir))
     recorder.status("running", stage="setup")
     started, timings = time.perf_counter(), {}
     cache_dir, device = Path(to_absolute_path(cfg.cache_dir)), models.resolve_device(cfg.device)
@@ -111,8 +113,7 @@ def run(cfg: DictConfig) -> record.RunResult | dict:
         config=OmegaConf.to_container(cfg, resolve=True), results=result, mask_path=str(mask_path),
         plot_paths=[str(p) for p in plot_paths],
         model_dir=str(recorder.dir / "pruned_model") if cfg.prune.save else None,
-        name=hydra_cfg.job.override_dirname or cfg.model.name,
-        group=Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None)
+        name=name or cfg.model.name, group=group)
     return result
 
 
@@ -140,12 +141,14 @@ def prune_and_evaluate(cfg, loaded, masks, target_names, eval_tasks, eval_kwargs
 
 @hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig):
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        run(cfg)
+        run(cfg, Path(hydra_cfg.runtime.output_dir), name=hydra_cfg.job.override_dirname or None,
+            group=Path(hydra_cfg.sweep.dir).name if multirun else None)
     except DietError as err:
-        hydra_cfg = HydraConfig.get()
         record.Recorder(Path(hydra_cfg.runtime.output_dir)).status("failed", error=str(err))
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if not multirun:
             config.exit_on_error(err)
         # One job's bad value (say, a vote threshold no dimension meets) must not cancel the rest of the sweep.
         print(f"diet: error: job {hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}): {err}", file=sys.stderr)
