@@ -76,22 +76,21 @@ def wrap_model(model, adapter, tokenizer=None):
 
 
 def run_profile(loaded, texts: list[str], cfg) -> dict:
-    """The profiling pass the run makes for one calibration set on a cache miss (statistics per hook point)."""
-    from diet import profile, targets
+    """The profiling pass the run makes for one calibration set on a cache miss (statistics per hook point of
+    every target, in one pass, as profile.profile_sets makes it)."""
+    from diet import config, profile
 
-    stats = {}
-    for target in targets.names(cfg.prune.target):  # one pass per target, as profile.profile_sets makes them
-        stats.update(profile.profile_texts(loaded.model, loaded.adapter, loaded.tokenizer, texts, target,
-                                           max_length=cfg.calib.max_length, batch_size=cfg.calib.batch_size,
-                                           fused_stats=cfg.calib.fused_stats))
-    return stats
+    plan = config.plan(cfg)
+    return profile.profile_texts(loaded.model, loaded.adapter, loaded.tokenizer, texts, list(plan.targets),
+                                 max_length=cfg.calib.max_length, batch_size=cfg.calib.batch_size,
+                                 statistics=plan.statistics, fused_stats=cfg.calib.fused_stats)
 
 
 def run_vote(cfg, loaded, stats: dict) -> dict:
     """The run's vote stage (method, scoring, merge and budget rules from `cfg`); returns the final masks."""
-    from diet import run
+    from diet import config, stages
 
-    return run.vote_stage(cfg, loaded, stats)[0]
+    return stages.vote(config.plan(cfg), loaded, stats).masks
 
 
 def run_prune(model, adapter, masks: dict, target) -> None:

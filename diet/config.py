@@ -4,13 +4,16 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from diet import DietError, methods, scoring, targets
+from diet import DietError, methods, options, scoring, stats, targets, transforms, vote
 from diet.profile import FUSED_CHOICES
-from diet.targets.heads import GQA_MODES
+from diet.prune import COMPENSATIONS
 from diet.vote import SCOPES, VOTE_METHODS
 
 
@@ -22,9 +25,7 @@ def _conf_dir() -> Path:
 
 
 CONF_DIR = _conf_dir()
-METHODS = tuple(methods.METHODS)
 TARGETS = tuple(targets.TARGETS)
-SCORINGS = tuple(scoring.SCORINGS)
 CALIB_SOURCES = ("task", "generic")
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -47,12 +48,45 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _fraction(value) -> bool:
+    return _is_number(value) and 0 <= value < 1
+
+
+def _int_at_least(n: int):
+    return lambda value: _is_int(value) and value >= n
+
+
 def _require(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
         raise DietError(f"{key}: {value!r} is not allowed; allowed: {allowed}")
 
 
 STAGES = ("all", "profile")
+
+# The run's own keys (those of registered pieces are checked by the piece: diet/options.py): key, check, allowed.
+SETTINGS = (
+    ("stage", lambda v: v in STAGES, ", ".join(STAGES)),
+    ("sparsity", _fraction, "a number in [0, 1)"),
+    ("seed", _is_int, "an integer"),
+    ("calib.n_samples", _int_at_least(1), "an integer >= 1 (and no more than each task's calibration split holds)"),
+    ("calib.max_length", _int_at_least(2), "an integer >= 2 (tokens)"),
+    ("calib.batch_size", _int_at_least(1), "an integer >= 1"),
+    ("calib.source", lambda v: v in CALIB_SOURCES, ", ".join(CALIB_SOURCES)),
+    ("calib.fused_stats", lambda v: v in FUSED_CHOICES, "auto (torch.compile on CUDA, eager elsewhere), true or false"),
+    ("vote.method", lambda v: v in VOTE_METHODS, ", ".join(VOTE_METHODS)),
+    ("vote.threshold", lambda v: v is None or (_is_number(v) and 0 < v <= 1),
+     "a fraction in (0, 1], or null for a strict majority"),
+    ("prune.scope", lambda v: v in SCOPES, ", ".join(SCOPES)),
+    ("prune.min_keep", lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1] of each layer's width"),
+    ("prune.multiple_of", _int_at_least(1), "an integer >= 1"),
+    ("prune.compensation", lambda v: v in COMPENSATIONS, ", ".join(COMPENSATIONS)),
+    ("eval.batch_size", lambda v: v == "auto" or _int_at_least(1)(v), "an integer >= 1 or auto"),
+    ("eval.limit", lambda v: v is None or _int_at_least(1)(v), "null (all documents) or an integer >= 1"),
+    ("eval.num_fewshot", _int_at_least(0), "an integer >= 0"),
+    ("eval.max_gen_toks", lambda v: v is None or _int_at_least(1)(v),
+     "null (each task's own setting) or an integer >= 1"),
+    ("logger.name", lambda v: v in LOGGERS, ", ".join(LOGGERS)),
+)
 
 
 def validate_model(model: DictConfig) -> None:
@@ -61,69 +95,117 @@ def validate_model(model: DictConfig) -> None:
                         "e.g. model=hf model.name_or_path=/data/ckpt/llama-3-8b")
 
 
-def validate(cfg: DictConfig) -> None:
-    validate_model(cfg.model)
-    _require(cfg.stage in STAGES, "stage", cfg.stage, ", ".join(STAGES))
-    _require(_is_number(cfg.sparsity) and 0 <= cfg.sparsity < 1, "sparsity", cfg.sparsity, "a number in [0, 1)")
-    _require(_is_int(cfg.seed), "seed", cfg.seed, "an integer")
-    _require(_is_int(cfg.calib.n_samples) and cfg.calib.n_samples >= 1, "calib.n_samples", cfg.calib.n_samples,
-             "an integer >= 1 (and no more than each task's calibration split holds)")
-    _require(_is_int(cfg.calib.max_length) and cfg.calib.max_length >= 2, "calib.max_length", cfg.calib.max_length,
-             "an integer >= 2 (tokens)")
-    _require(_is_int(cfg.calib.batch_size) and cfg.calib.batch_size >= 1, "calib.batch_size", cfg.calib.batch_size,
-             "an integer >= 1")
-    _require(cfg.calib.source in CALIB_SOURCES, "calib.source", cfg.calib.source, ", ".join(CALIB_SOURCES))
-    _require(cfg.calib.fused_stats in FUSED_CHOICES, "calib.fused_stats", cfg.calib.fused_stats,
-             "auto (torch.compile on CUDA, eager elsewhere), true or false")
-    threshold = cfg.vote.threshold
-    _require(threshold is None or (_is_number(threshold) and 0 < threshold <= 1), "vote.threshold", threshold,
-             "a fraction in (0, 1], or null for a strict majority")
+@dataclass(frozen=True)
+class Plan:
+    """The composed config resolved once into the objects the stages take (nothing downstream looks a name up)."""
+    method: methods.Method
+    method_options: dict
+    scoring: scoring.Scoring
+    scoring_options: dict
+    targets: tuple                      # Target instances, each with its sparsity and options
+    rules: vote.Rules
+    statistics: tuple[str, ...]         # what profiling records: declared by scoring, method and compensation
+    transform: transforms.Transform
+    compensation: str
+    profile_tasks: list[str]
+    eval_tasks: list[str]
+    calib: dict
+    seed: int
+    stage: str
+
+    @property
+    def target_label(self) -> str:
+        return "+".join(t.name for t in self.targets)
+
+
+def _target_names(cfg: DictConfig) -> list[str]:
     chosen = cfg.prune.target if isinstance(cfg.prune.target, str) else list(cfg.prune.target)
-    names = [chosen] if isinstance(chosen, str) else chosen
+    names = [chosen] if isinstance(chosen, str) else [str(n) for n in chosen]
     _require(len(names) >= 1 and all(n in TARGETS for n in names) and len(set(names)) == len(names), "prune.target",
              chosen, f"{', '.join(TARGETS)}, or a list of them, each once (e.g. [mlp,heads])")
+    return names
+
+
+def _targets(cfg: DictConfig) -> tuple:
+    names = _target_names(cfg)
+    for cls in targets.TARGETS.values():  # every target's options, chosen or not: a typo is never silent
+        for key, spec in cls.options.values():
+            value = cfg.prune.get(key, spec.default)
+            _require(spec.check(value), f"prune.{key}", value, spec.allowed)
     per_target = cfg.prune.get("sparsity_per_target") or {}
     for name, value in per_target.items():
         if value is None:
             continue
-        _require(name in names, f"prune.sparsity_per_target.{name}", value,
-                 f"a key among prune.target ({', '.join(names)})")
-        _require(_is_number(value) and 0 <= value < 1, f"prune.sparsity_per_target.{name}", value,
-                 "a number in [0, 1)")
-    _require(cfg.prune.get("heads_gqa", "per_group") in GQA_MODES, "prune.heads_gqa", cfg.prune.get("heads_gqa"),
-             ", ".join(GQA_MODES))
-    _require(cfg.prune.scope in SCOPES, "prune.scope", cfg.prune.scope, ", ".join(SCOPES))
-    _require(cfg.vote.method in VOTE_METHODS, "vote.method", cfg.vote.method, ", ".join(VOTE_METHODS))
-    _require(_is_number(cfg.prune.min_keep) and 0 <= cfg.prune.min_keep <= 1, "prune.min_keep", cfg.prune.min_keep,
-             "a fraction in [0, 1] of each layer's width")
-    _require(_is_int(cfg.prune.multiple_of) and cfg.prune.multiple_of >= 1, "prune.multiple_of",
-             cfg.prune.multiple_of, "an integer >= 1")
-    _require(not (cfg.prune.save and cfg.method.name == "per_task"), "prune.save", cfg.prune.save,
-             "false with method=per_task (it builds one model per task)")
-    _require(cfg.scoring.name in SCORINGS, "scoring", cfg.scoring.name, ", ".join(SCORINGS))
-    _require(cfg.method.name in METHODS, "method", cfg.method.name, ", ".join(METHODS))
-    names = list(cfg.tasks.names or [])
-    _require(len(names) >= 1 and all(isinstance(n, str) and n for n in names), "tasks.names", names,
-             "a non-empty list of lm-eval task names")
-    _require(len(set(names)) == len(names), "tasks.names", names, "each task once")
+        key = f"prune.sparsity_per_target.{name}"
+        _require(name in names, key, value, f"a key among prune.target ({', '.join(names)})")
+        _require(_fraction(value), key, value, "a number in [0, 1)")
+    built = []
+    for name in names:
+        cls = targets.TARGETS[name]
+        value = per_target.get(name)
+        built.append(cls(sparsity=cfg.sparsity if value is None else value,
+                         **{option: cfg.prune.get(key, spec.default) for option, (key, spec) in cls.options.items()}))
+    return tuple(built)
+
+
+def _piece_options(group: DictConfig, group_name: str, piece) -> dict:
+    given = {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k != "name"}
+    return options.resolve(group_name, piece.name, piece.options, given)
+
+
+def plan(cfg: DictConfig) -> Plan:
+    """Validate the composed config (one DietError line per mistake: key, value, allowed) and resolve it."""
+    validate_model(cfg.model)
+    for key, check, allowed in SETTINGS:
+        value = OmegaConf.select(cfg, key)
+        _require(check(value), key, value, allowed)
+    if cfg.logger.name == "wandb":
+        _require(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))
+    _require(cfg.method.name in methods.METHODS, "method", cfg.method.name, ", ".join(methods.METHODS))
+    _require(cfg.scoring.name in scoring.SCORINGS, "scoring", cfg.scoring.name, ", ".join(scoring.SCORINGS))
+    method, chosen_scoring = methods.METHODS[cfg.method.name], scoring.SCORINGS[cfg.scoring.name]
+    _require(not (cfg.prune.save and method.per_task_eval), "prune.save", cfg.prune.save,
+             f"false with method={method.name} (it builds one model per task)")
+    profile_tasks = list(cfg.tasks.names or [])
+    _require(len(profile_tasks) >= 1 and all(isinstance(n, str) and n for n in profile_tasks), "tasks.names",
+             profile_tasks, "a non-empty list of lm-eval task names")
+    _require(len(set(profile_tasks)) == len(profile_tasks), "tasks.names", profile_tasks, "each task once")
     if cfg.eval.tasks is not None:
         _require(len(cfg.eval.tasks) >= 1 and all(isinstance(n, str) for n in cfg.eval.tasks), "eval.tasks",
                  list(cfg.eval.tasks), "null (= tasks.names) or a non-empty list of lm-eval task names")
-    batch = cfg.eval.batch_size
-    _require(batch == "auto" or (_is_int(batch) and batch >= 1), "eval.batch_size", batch, "an integer >= 1 or auto")
-    _require(cfg.eval.limit is None or (_is_int(cfg.eval.limit) and cfg.eval.limit >= 1), "eval.limit",
-             cfg.eval.limit, "null (all documents) or an integer >= 1")
-    _require(_is_int(cfg.eval.num_fewshot) and cfg.eval.num_fewshot >= 0, "eval.num_fewshot", cfg.eval.num_fewshot,
-             "an integer >= 0")
-    max_gen_toks = cfg.eval.get("max_gen_toks")
-    _require(max_gen_toks is None or (_is_int(max_gen_toks) and max_gen_toks >= 1), "eval.max_gen_toks", max_gen_toks,
-             "null (each task's own setting) or an integer >= 1")
-    _require(cfg.logger.name in LOGGERS, "logger", cfg.logger.name, ", ".join(LOGGERS))
-    if cfg.logger.name == "wandb":
-        _require(cfg.logger.mode in LOGGER_MODES, "logger.mode", cfg.logger.mode, ", ".join(LOGGER_MODES))
     if cfg.data.local_dir is not None and not Path(cfg.data.local_dir).is_dir():
         raise DietError(f"data.local_dir: '{cfg.data.local_dir}' is not a folder; allowed: a folder holding "
                         "<task>/<split>.jsonl files, or null")
+    chosen_targets = _targets(cfg)
+    compensation = cfg.prune.compensation
+    for t in chosen_targets:
+        _require(compensation == "none" or t.compensable, "prune.compensation", compensation,
+                 f"none with prune.target={t.name} (mean compensates targets that feed an output projection: "
+                 f"{', '.join(n for n, c in targets.TARGETS.items() if c.compensable) or 'none yet'})")
+    statistics = stats.resolve(
+        (chosen_scoring.stats if method.uses_scoring else ()) + method.stats + COMPENSATIONS[compensation])
+    for name in statistics:
+        kind = stats.get(name).hook
+        _require(kind == "any" or any(t.hook_kind == kind for t in chosen_targets), "prune.target",
+                 "+".join(t.name for t in chosen_targets),
+                 f"a target recorded at a {kind} hook (statistic {name!r}, needed by scoring={chosen_scoring.name}, "
+                 f"method={method.name} or prune.compensation={compensation})")
+    return Plan(
+        method=method, method_options=_piece_options(cfg.method, "method", method),
+        scoring=chosen_scoring, scoring_options=_piece_options(cfg.scoring, "scoring", chosen_scoring),
+        targets=chosen_targets,
+        rules=vote.Rules(scope=cfg.prune.scope, min_keep=cfg.prune.min_keep, multiple_of=cfg.prune.multiple_of,
+                         vote_method=cfg.vote.method, threshold=cfg.vote.threshold,
+                         exact_budget=cfg.vote.exact_budget),
+        statistics=statistics, transform=transforms.get(method.transform), compensation=compensation,
+        profile_tasks=profile_tasks,
+        eval_tasks=list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_tasks,
+        calib=OmegaConf.to_container(cfg.calib, resolve=True), seed=cfg.seed, stage=cfg.stage)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise the DietError `plan` would (for dry runs, which compose but do not run)."""
+    plan(cfg)
 
 
 def config_dirs(argv: list[str], conf_dir: Path = CONF_DIR) -> list[Path]:
@@ -144,18 +226,6 @@ def config_dirs(argv: list[str], conf_dir: Path = CONF_DIR) -> list[Path]:
                 elif entry:
                     dirs.append(Path(entry.removeprefix("file://")).expanduser())
     return dirs + [conf_dir]
-
-
-def target_sparsity(cfg: DictConfig, name: str) -> float:
-    """The fraction of `name`'s dimensions to remove: prune.sparsity_per_target.<name>, else sparsity."""
-    per_target = cfg.prune.get("sparsity_per_target") or {}
-    value = per_target.get(name)
-    return float(cfg.sparsity if value is None else value)
-
-
-def target_options(cfg: DictConfig, name: str) -> dict:
-    """Settings of one target's class (only heads has any)."""
-    return {"gqa": cfg.prune.get("heads_gqa", "per_group")} if name == "heads" else {}
 
 
 def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
@@ -193,9 +263,6 @@ def exit_on_error(err: DietError) -> None:
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The config `python -m diet.run OVERRIDES` would run, composed in-process (for `run.run`, tests, notebooks).
     Hydra's own keys (`hydra.*`) are not part of it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     check_group_choices(list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))

@@ -121,31 +121,3 @@ def dense_eval(loaded, eval_tasks: list, eval_kwargs: dict, cache_dir, *, task_n
     metrics = evaluate(loaded.model, loaded.tokenizer, eval_tasks, **eval_kwargs)["metrics"]
     store.store_json(key, metrics)
     return metrics
-
-
-def per_task_eval(loaded, target, per_task_masks: dict, task_objects: dict, eval_names: list[str],
-                  eval_kwargs: dict, timings: dict) -> tuple[dict, int]:
-    """The task-aware upper reference: each task evaluated on a copy of the model pruned with its own mask.
-    Returns (metrics, the largest pruned parameter count); adds prune and eval seconds to `timings`."""
-    import copy
-
-    from diet import DietError, prune
-
-    missing = [t for t in eval_names if t not in per_task_masks]
-    if missing:
-        raise DietError(f"eval.tasks: {missing} have no mask of their own with method=per_task; allowed: tasks that "
-                        f"are also in tasks.names ({', '.join(per_task_masks)})")
-    metrics, params = {}, {}
-    timings["prune"] = timings["eval"] = 0.0
-    for task in eval_names:
-        t = time.perf_counter()
-        model = copy.deepcopy(loaded.model)
-        prune.prune_model(model, loaded.adapter, per_task_masks[task], target)
-        params[task] = prune.count_params(model)
-        timings["prune"] += time.perf_counter() - t
-        t = time.perf_counter()
-        metrics.update(evaluate(model, loaded.tokenizer, [task_objects[task]], **eval_kwargs)["metrics"])
-        timings["eval"] += time.perf_counter() - t
-        del model
-    log.info("per_task: pruned parameters per task %s", params)
-    return metrics, max(params.values())

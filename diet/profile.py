@@ -1,18 +1,21 @@
-"""Profile stage: forward hooks accumulate per-dimension activation statistics over calibration texts.
+"""Profile stage: forward hooks fill the declared statistics (diet/stats.py) over calibration texts, in one pass.
 
-One pass collects, per hook point and dimension, over non-padding tokens only: sum |x|, sum x^2, max |x| and the token
-count, in float32 on the device of the hooked module. Every scoring variant is derived from these without another pass.
-Padding is skipped by weighting tokens with the attention mask (a matmul), so the hooks never sync with the host.
+Every target's hook points are hooked together; each point records the statistics of its hook kind (`input`: the
+first input of the point's module; `layer_io`: a decoder layer's input and output), per channel, over non-padding
+tokens only, in float32 (or the statistic's dtype) on the device of the hooked module. Padding is skipped by
+weighting tokens with the attention mask (a matmul), so the hooks never sync with the host. Grouping channels into
+dimensions (a head's head_dim channels) happens after scoring (diet/scoring.py).
 
-Two ways to compute a batch's statistics, same contract: `eager` (float32 copy of the activation, then abs / matmul /
-max: several passes over it) and `fused` (the same arithmetic through torch.compile, which reads the bf16 activation
-once; on an H100 a benchmark prototype of it took the mlp overhead from 1.22x to 1.02x of a plain forward).
-`fused_stats="auto"` picks fused on CUDA and eager elsewhere (CPU compilation costs ~20 s once and buys little there).
+Two ways to compute a batch's statistics, same contract: `eager` (each statistic's `update`, sharing one float32
+copy of the activation) and `fused` (the statistics' `fused` expressions through torch.compile, which reads the
+bf16 activation once; on an H100 a benchmark prototype of it took the mlp overhead from 1.22x to 1.02x of a plain
+forward). `fused_stats="auto"` picks fused on CUDA and eager elsewhere (CPU compilation costs ~20 s once and buys
+little there).
 
-Hook points, their widths and the reduction to per-dimension statistics belong to the target (`diet/targets/`):
+Hook points and their widths belong to the targets (`diet/targets/`):
   mlp    -> `mlp.<i>`: the input of layer i's down projection (intermediate width)
   hidden -> `hidden.<i>`: the residual stream entering decoder layer i, and `hidden.<L>` entering the final norm
-  heads  -> `heads.<i>`: the input of layer i's o_proj, reduced to one statistic per head (see targets/heads.py)
+  heads  -> `heads.<i>`: the input of layer i's o_proj (num_heads * head_dim channels)
 """
 from __future__ import annotations
 
@@ -25,31 +28,25 @@ import torch
 from tqdm.auto import tqdm
 
 import diet
-from diet import DietError, cache, targets
+from diet import DietError, cache
+from diet import stats as stat_lib
+from diet.targets import objects, owner
 
 log = logging.getLogger(__name__)
 
-STATS = ("sum_abs", "sum_sq", "max_abs", "count")
 FUSED_CHOICES = ("auto", True, False)
 
-
-def _column_stats(x: torch.Tensor, weights: torch.Tensor):
-    """Per column of x: sum w|x|, sum w x^2 and max w|x| in float32, written as one expression for torch.compile."""
-    flat = x.reshape(-1, x.shape[-1]).float()
-    w = weights[:, None]
-    magnitude = flat.abs() * w
-    return magnitude.sum(dim=0), (flat * flat * w).sum(dim=0), magnitude.amax(dim=0)
+_compiled: dict[tuple[str, ...], object] = {}
 
 
-_compiled_column_stats = None
-
-
-def _fused_column_stats(x: torch.Tensor, weights: torch.Tensor):
-    global _compiled_column_stats
-    if _compiled_column_stats is None:
+def _fused_partials(names: tuple[str, ...], x: torch.Tensor, weights: torch.Tensor):
+    """This batch's partial states of the `names` statistics, as one torch.compile graph."""
+    if names not in _compiled:
+        functions = [stat_lib.get(n).fused for n in names]
         # dynamic: one graph for every batch shape (sequence lengths vary from batch to batch)
-        _compiled_column_stats = torch.compile(_column_stats, dynamic=True, fullgraph=True)
-    return _compiled_column_stats(x, weights)
+        _compiled[names] = torch.compile(lambda x, w: tuple(f(x, w) for f in functions), dynamic=True,
+                                         fullgraph=True)
+    return _compiled[names](x, weights)
 
 
 def use_fused(fused_stats, device: torch.device) -> bool:
@@ -60,48 +57,45 @@ def use_fused(fused_stats, device: torch.device) -> bool:
 
 
 class _Accumulator:
-    """Holds the running sums of one hook point; `weights` is the current batch's flattened attention mask (0/1).
+    """Holds the running states of one hook point; `batch_state["weights"]` is the current batch's flattened
+    attention mask (0/1).
 
-    The sums are allocated before the forward pass and updated in place with one temporary per call: small tensors
-    born mid-forward would sit above the hook's large temporaries on the C heap and keep the process from giving that
-    memory back (measured: +0.9 GB of RSS on a 270M model at 8 x 256 tokens, with no change in live tensors).
+    The states are allocated before the forward pass and updated in place: small tensors born mid-forward would sit
+    above the hook's large temporaries on the C heap and keep the process from giving that memory back (measured:
+    +0.9 GB of RSS on a 270M model at 8 x 256 tokens, with no change in live tensors).
     """
 
-    def __init__(self, batch_state: dict, width: int, device: torch.device, fused: bool = False):
+    def __init__(self, batch_state: dict, width: int, device: torch.device, names: tuple[str, ...],
+                 fused: bool = False):
         self.batch_state = batch_state
-        self.fused = fused
-        self.sums = {name: torch.zeros(1 if name == "count" else width, dtype=torch.float32, device=device)
-                     for name in STATS}
+        self.states = {n: torch.zeros(stat_lib.get(n).shape(width), dtype=stat_lib.get(n).dtype, device=device)
+                       for n in names}
+        self.fused = tuple(n for n in names if fused and stat_lib.get(n).fused is not None)
+        self.eager = tuple(n for n in names if n not in self.fused)
         self.called = False
 
-    def __call__(self, x: torch.Tensor) -> None:
-        sums = self.sums
-        if sums["sum_abs"].device != x.device:  # layer-by-layer offload: the layer runs away from its home
-            self.sums = sums = {name: t.to(x.device) for name, t in sums.items()}
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> None:
+        states = self.states
+        if next(iter(states.values())).device != x.device:  # layer-by-layer offload: the layer runs away from home
+            self.states = states = {name: t.to(x.device) for name, t in states.items()}
         weights = self.batch_state["weights"]
         if weights.device != x.device:
             weights = weights.to(x.device, non_blocking=True)
         self.called = True
         if self.fused:
             try:
-                sum_abs, sum_sq, max_abs = _fused_column_stats(x, weights)
+                partials = _fused_partials(self.fused, x, weights)
             except Exception as exc:  # inductor needs a working compiler toolchain (Triton on CUDA, a C++ one on CPU)
                 reason = (str(exc).strip().splitlines() or [""])[0][:200]
                 raise DietError(f"calib.fused_stats: torch.compile failed here ({type(exc).__name__}: {reason}); "
                                 "allowed: calib.fused_stats=false (eager statistics, same values up to rounding)"
                                 ) from exc
-            sums["sum_abs"].add_(sum_abs)
-            sums["sum_sq"].add_(sum_sq)
-            torch.maximum(sums["max_abs"], max_abs, out=sums["max_abs"])
-            sums["count"] += weights.sum()
-            return
-        flat = x.reshape(-1, x.shape[-1]).float()
-        magnitude = flat.abs()
-        sums["sum_abs"].addmv_(magnitude.t(), weights)
-        magnitude.mul_(weights[:, None])  # padding rows to 0; weights are 0/1, so w|x| squared is w x^2
-        torch.maximum(sums["max_abs"], magnitude.amax(dim=0), out=sums["max_abs"])
-        sums["sum_sq"].addmv_(magnitude.square_().t(), weights)
-        sums["count"] += weights.sum()
+            for name, partial in zip(self.fused, partials):
+                stat_lib.get(name).merge(states[name], partial)
+        if self.eager:
+            batch = stat_lib.Batch(x, weights, out)
+            for name in self.eager:
+                stat_lib.get(name).update(states[name], batch)
 
 
 def _home_device(module: torch.nn.Module) -> torch.device:
@@ -112,13 +106,12 @@ def _home_device(module: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None and parameter.device.type != "meta" else torch.device("cpu")
 
 
-def hook_points(model, adapter, target: str) -> dict[str, torch.nn.Module]:
-    """Name -> module whose first forward input is the activation to profile."""
-    return targets.get(target).hook_points(model, adapter)
-
-
 def _first_input(args, kwargs) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
+
+
+def _first_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -148,36 +141,40 @@ def input_device(model, adapter) -> torch.device:
     return embedding.weight.device
 
 
-def _register(model, adapter, target: str, batch_state: dict, fused: bool):
-    chosen = targets.get(target)
-    points = chosen.hook_points(model, adapter)
-    accumulators = {
-        name: _Accumulator(batch_state, chosen.point_width(module, model, adapter), _home_device(module), fused)
-        for name, module in points.items()
-    }
-    handles = [
-        module.register_forward_pre_hook(
-            lambda _m, args, kwargs, acc=accumulators[name]: acc(_first_input(args, kwargs)), with_kwargs=True)
-        for name, module in points.items()
-    ]
+def _register(model, adapter, targets, names: tuple[str, ...], batch_state: dict, fused: bool):
+    """An accumulator per hook point of every target, recording the statistics of the point's hook kind."""
+    accumulators, handles = {}, []
+    for target in targets:
+        wanted = stat_lib.at(target.hook_kind, names)
+        for point, module in target.hook_points(model, adapter).items():
+            acc = accumulators[point] = _Accumulator(batch_state, target.point_width(module, model, adapter),
+                                                     _home_device(module), wanted, fused)
+            if target.hook_kind == "input":
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, args, kwargs, acc=acc: acc(_first_input(args, kwargs)), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(
+                    lambda _m, args, kwargs, output, acc=acc: acc(_first_input(args, kwargs), _first_output(output)),
+                    with_kwargs=True))
     return accumulators, handles
 
 
-def _finish(model, adapter, target: str, accumulators: dict) -> dict[str, dict[str, torch.Tensor]]:
-    stats = {name: acc.sums for name, acc in accumulators.items() if acc.called}
-    return targets.get(target).reduce_stats(model, adapter, stats)
+def _finish(accumulators: dict) -> dict[str, dict[str, torch.Tensor]]:
+    return {point: acc.states for point, acc in accumulators.items() if acc.called}
 
 
 @torch.inference_mode()
-def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str, *, desc: str = "profile",
-            fused_stats="auto") -> dict[str, dict[str, torch.Tensor]]:
-    """Run the batches through the model once; return {hook point: {stat: tensor}} (float32, on the point's device).
-
-    Only the decoder runs (the LM head's logits are not needed), which for Gemma's 262k vocabulary is most of the work.
+def collect(model, adapter, batches: list[dict[str, torch.Tensor]], targets, *, statistics=stat_lib.BASE,
+            desc: str = "profile", fused_stats="auto") -> dict[str, dict[str, torch.Tensor]]:
+    """Run the batches through the model once; return {hook point: {statistic: state}} for every hook point of
+    `targets` (a Target or a list), each with `statistics` (plus stats.BASE) of its hook kind, on the point's
+    device. Only the decoder runs (the LM head's logits are not needed), which for Gemma's 262k vocabulary is most
+    of the work.
     """
     device = input_device(model, adapter)
     batch_state: dict = {}
-    accumulators, handles = _register(model, adapter, target, batch_state, use_fused(fused_stats, device))
+    accumulators, handles = _register(model, adapter, objects(targets), stat_lib.resolve(statistics), batch_state,
+                                      use_fused(fused_stats, device))
     decoder = adapter.decoder(model)
     try:
         for batch in tqdm(batches, desc=desc, leave=False, disable=None):
@@ -188,7 +185,7 @@ def collect(model, adapter, batches: list[dict[str, torch.Tensor]], target: str,
     finally:
         for handle in handles:
             handle.remove()
-    return _finish(model, adapter, target, accumulators)
+    return _finish(accumulators)
 
 
 class _LayerInputs(torch.nn.Module):
@@ -214,8 +211,9 @@ def _to(value, device):
 
 
 @torch.inference_mode()
-def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], target: str, device: torch.device,
-                      *, desc: str = "profile", fused_stats="auto") -> dict[str, dict[str, torch.Tensor]]:
+def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], targets, device: torch.device,
+                      *, statistics=stat_lib.BASE, desc: str = "profile", fused_stats="auto"
+                      ) -> dict[str, dict[str, torch.Tensor]]:
     """The statistics of `collect`, computed one decoder layer at a time for a model kept in CPU memory.
 
     A capture pass runs the embedding with every layer replaced by a recorder, which yields each layer's call
@@ -241,8 +239,10 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
             layers[i] = layer
         adapter.set_final_norm(model, original_norm)
 
+    targets = objects(targets)
     batch_state: dict = {}
-    accumulators, handles = _register(model, adapter, target, batch_state, use_fused(fused_stats, device))
+    accumulators, handles = _register(model, adapter, targets, stat_lib.resolve(statistics), batch_state,
+                                      use_fused(fused_stats, device))
     storage = calls[0][0][0].device
     hidden = [call[0] for call in calls[0]]
     weights = [b["attention_mask"].reshape(-1).float().to(device) for b in batches]
@@ -254,7 +254,7 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
                 batch_state["weights"] = weights[b]
                 hidden[b] = layer(hidden[b].to(device), *_to(args, device), **_to(kwargs, device)).to(storage)
             layer.to(home)
-        if any(module is original_norm for module in targets.get(target).hook_points(model, adapter).values()):
+        if any(module is original_norm for t in targets for module in t.hook_points(model, adapter).values()):
             home = next(original_norm.parameters()).device
             original_norm.to(device)
             for b, h in enumerate(hidden):
@@ -264,19 +264,20 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
     finally:
         for handle in handles:
             handle.remove()
-    return _finish(model, adapter, target, accumulators)
+    return _finish(accumulators)
 
 
-def profile_texts(model, adapter, tokenizer, texts: list[str], target: str, *, max_length: int, batch_size: int,
-                  desc: str = "profile", layerwise_device: torch.device | None = None, fused_stats="auto"
-                  ) -> dict[str, dict[str, torch.Tensor]]:
+def profile_texts(model, adapter, tokenizer, texts: list[str], targets, *, max_length: int, batch_size: int,
+                  statistics=stat_lib.BASE, desc: str = "profile", layerwise_device: torch.device | None = None,
+                  fused_stats="auto") -> dict[str, dict[str, torch.Tensor]]:
     """Tokenise and profile; with `layerwise_device`, one layer at a time on that device (`collect_layerwise`)."""
     started = time.perf_counter()
     batches = tokenize(tokenizer, texts, max_length, batch_size)
     if layerwise_device is not None:
-        stats = collect_layerwise(model, adapter, batches, target, layerwise_device, desc=desc, fused_stats=fused_stats)
+        stats = collect_layerwise(model, adapter, batches, targets, layerwise_device, statistics=statistics,
+                                  desc=desc, fused_stats=fused_stats)
     else:
-        stats = collect(model, adapter, batches, target, desc=desc, fused_stats=fused_stats)
+        stats = collect(model, adapter, batches, targets, statistics=statistics, desc=desc, fused_stats=fused_stats)
     tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
     log.info("%s: %d texts, %d tokens in %.2f s", desc, len(texts), tokens, time.perf_counter() - started)
     return stats
@@ -294,42 +295,51 @@ def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor
     return stats
 
 
-def cache_key(fingerprint: str, task: str, texts: list[str], target: str, calib: dict, *, seed: int, dtype: str,
-              fused: bool) -> dict:
-    """What a profile depends on: the model, the calibration texts and settings, the target, the kernel."""
-    return {
+def cache_key(fingerprint: str, task: str, texts: list[str], target, calib: dict, *, seed: int, dtype: str,
+              fused: bool, statistics=stat_lib.BASE) -> dict:
+    """What one target's profile depends on: the model, the calibration texts and settings, the statistics beyond
+    stats.BASE recorded at its points (none: the key of every earlier version), the kernel."""
+    key = {
         "model": fingerprint, "task": task, "n_samples": calib["n_samples"], "seed": seed,
         "max_length": calib["max_length"], "include_target": calib["include_target"],
-        "batch_size": calib["batch_size"], "dtype": dtype, "target": target,
+        "batch_size": calib["batch_size"], "dtype": dtype, "target": target.name,
         "texts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
         "stats_kernel": "fused" if fused else "eager",  # the two round differently (~1e-6 relative)
         "diet": diet.__version__,
     }
+    if target.stats_layout:
+        key["stats_layout"] = target.stats_layout
+    extra = stat_lib.extras(stat_lib.at(target.hook_kind, stat_lib.resolve(statistics)))
+    if extra:
+        key["stats"] = extra
+    return key
 
 
-def profile_sets(loaded, calib_sets: dict, target_names: list[str], cache_dir, calib: dict, *, seed: int,
-                 dtype: str, offload_device: torch.device | None = None):
-    """Statistics per calibration set ({set: {hook point: {stat: tensor}}}, every target's points together), each
-    (set, target) from the cache when an identical profile was computed before. Returns (stats, {set: hit|miss})."""
+def profile_sets(loaded, calib_sets: dict, targets, cache_dir, calib: dict, *, seed: int, dtype: str,
+                 statistics=stat_lib.BASE, offload_device: torch.device | None = None):
+    """Statistics per calibration set ({set: {hook point: {statistic: tensor}}}, every target's points together).
+    Each (set, target) comes from the cache when an identical profile was computed before; the targets a set
+    misses are profiled together in one pass. Returns (stats, {set: hit|miss})."""
     store = cache.Cache(cache_dir, "profile")
     device = offload_device if offload_device is not None else input_device(loaded.model, loaded.adapter)
     fused = use_fused(calib["fused_stats"], device)
     stats, status = {}, {}
     for name, calib_set in calib_sets.items():
-        stats[name], hits = {}, []
-        for target in target_names:
-            key = cache_key(loaded.fingerprint, name, calib_set.texts, target, calib, seed=seed, dtype=dtype,
-                            fused=fused)
-            flat = store.load_tensors(key)
-            hits.append(flat is not None)
-            if flat is None:
-                task_stats = profile_texts(
-                    loaded.model, loaded.adapter, loaded.tokenizer, calib_set.texts, target,
-                    max_length=calib["max_length"], batch_size=calib["batch_size"], desc=f"profile {name}",
-                    layerwise_device=offload_device, fused_stats=fused)
-                flat = flatten(task_stats)
-                store.store_tensors(key, flat)
-            stats[name].update(unflatten({k: v.cpu() for k, v in flat.items()}))
-        status[name] = "hit" if all(hits) else "miss"
+        keys = {t.name: cache_key(loaded.fingerprint, name, calib_set.texts, t, calib, seed=seed, dtype=dtype,
+                                  fused=fused, statistics=statistics) for t in targets}
+        found = {t.name: store.load_tensors(keys[t.name]) for t in targets}
+        missing = [t for t in targets if found[t.name] is None]
+        if missing:
+            computed = flatten(profile_texts(
+                loaded.model, loaded.adapter, loaded.tokenizer, calib_set.texts, missing,
+                max_length=calib["max_length"], batch_size=calib["batch_size"], statistics=statistics,
+                desc=f"profile {name}", layerwise_device=offload_device, fused_stats=fused))
+            for t in missing:
+                found[t.name] = {k: v for k, v in computed.items() if owner(k) == t.name}
+                store.store_tensors(keys[t.name], found[t.name])
+        stats[name] = {}
+        for t in targets:
+            stats[name].update(unflatten({k: v.cpu() for k, v in found[t.name].items()}))
+        status[name] = "miss" if missing else "hit"
         log.info("profile cache: %s (%s)", status[name], name)
     return stats, status

@@ -51,6 +51,11 @@ from torch import nn
 from diet import DietError, cache, targets
 from diet.models.adapters import Adapter, get_adapter
 
+# prune.compensation -> the statistics it reads (diet/stats.py). mean: the removed channels' mean input, times their
+# columns of the output projection, becomes a bias of that projection (see `compensate`).
+COMPENSATIONS = {"none": (), "mean": ("sum",)}
+
+
 def gpu_alignment_warning(device: torch.device, multiple_of: int) -> str | None:
     """Unaligned kept widths (11469 of 14336, say) ran 2-3.4x slower than the dense model on an H100 in bf16."""
     if device.type != "cuda" or multiple_of % 64 == 0:
@@ -64,12 +69,10 @@ def _describe_keys(keys: list[str]) -> str:
     return ", ".join(keys) if len(keys) <= 3 else f"{keys[0]} .. {keys[-1]}"
 
 
-def _kept_indices(model: nn.Module, adapter: Adapter, masks: dict, target) -> dict[str, torch.Tensor]:
+def _kept_indices(model: nn.Module, adapter: Adapter, masks: dict, chosen: list) -> dict[str, torch.Tensor]:
     """Validate every mask before anything is touched; return the kept indices per key (CPU, int64)."""
-    names = targets.names(target)
-    chosen = [targets.get(name) for name in names]
-    expected = targets.widths(model, adapter, names)
-    label = "+".join(names)
+    expected = {key: width for t in chosen for key, width in t.widths(model, adapter).items()}
+    label = "+".join(t.name for t in chosen)
     for key in masks:
         if key not in expected:
             raise DietError(
@@ -108,19 +111,42 @@ def _kept_indices(model: nn.Module, adapter: Adapter, masks: dict, target) -> di
 
 
 @torch.no_grad()
-def prune_model(model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target) -> nn.Module:
-    """Remove the dimensions whose mask entry is False, in place; returns `model`. `target` is a name or a list of
-    names (their masks together in `masks`). See the module docstring and `diet/targets/`."""
+def prune_model(model: nn.Module, adapter: Adapter, masks: dict[str, torch.Tensor], target, *,
+                compensation: str = "none", stats: dict | None = None) -> nn.Module:
+    """Remove the dimensions whose mask entry is False, in place; returns `model`. `target`: a Target, a name, or
+    a list of them (their masks together in `masks`). `compensation="mean"` first folds the removed channels' mean
+    input (from `stats`, {calibration set: {hook point: {statistic: tensor}}}, every set pooled) into a bias of the
+    output projection they feed. See the module docstring and `diet/targets/`."""
     offloaded = [name for name, p in model.named_parameters() if p.device.type == "meta"]
     if offloaded:  # accelerate keeps their values elsewhere and would page the unpruned ones back in
         raise DietError(f"prune: {len(offloaded)} weights (e.g. {offloaded[0]}) are offloaded by model.device_map "
                         "(meta device); allowed: a device map that fits the GPUs, or model.offload=true (the model "
                         "stays in CPU memory, is profiled one layer at a time and pruned in place)")
-    kept = _kept_indices(model, adapter, masks, target)
-    for name in targets.names(target):
-        chosen = targets.get(name)
-        chosen.prune(model, adapter, {k: kept[k] for k in chosen.widths(model, adapter)})
+    chosen = targets.objects(target)
+    if compensation not in COMPENSATIONS:
+        raise DietError(f"prune.compensation: {compensation!r} is not allowed; allowed: {', '.join(COMPENSATIONS)}")
+    kept = _kept_indices(model, adapter, masks, chosen)
+    for t in chosen:
+        own = {k: kept[k] for k in t.widths(model, adapter)}
+        if compensation == "mean":
+            for (layer, block), delta in t.compensation(model, adapter, own, mean_inputs(stats or {}, t.name)).items():
+                add_output_bias(model, adapter, layer, block, delta)
+        t.prune(model, adapter, own)
     return model
+
+
+def mean_inputs(stats: dict, target_name: str) -> dict[str, torch.Tensor]:
+    """Per hook point of the target, each channel's mean input over every calibration set's tokens (padding
+    excluded): the pooled signed sum over the pooled count."""
+    sums: dict[str, list] = {}
+    for set_stats in stats.values():
+        for point, point_stats in set_stats.items():
+            if targets.owner(point) == target_name:
+                if "sum" not in point_stats:
+                    raise ValueError(f"statistics of {point} have no signed 'sum' (declare it: prune.COMPENSATIONS)")
+                sums.setdefault(point, []).append((point_stats["sum"].double(), point_stats["count"].double()))
+    return {point: (sum(s for s, _ in parts) / sum(c for _, c in parts).clamp_min(1.0)).float()
+            for point, parts in sums.items()}
 
 
 @torch.no_grad()
@@ -131,9 +157,10 @@ def zero_masked_reference(model: nn.Module, adapter: Adapter, masks: dict[str, t
     output rows and biases of every residual writer, so the residual stream is exactly zero there throughout.
     heads: o_proj's columns of removed heads (their outputs never reach the residual stream).
     """
-    _kept_indices(model, adapter, masks, target)  # same validation as prune_model
-    for name in targets.names(target):
-        targets.get(name).zero_masked(model, adapter, masks)
+    chosen = targets.objects(target)
+    _kept_indices(model, adapter, masks, chosen)  # same validation as prune_model
+    for t in chosen:
+        t.zero_masked(model, adapter, masks)
     return model
 
 

@@ -65,25 +65,26 @@ class RunResult:
         return out
 
 
-def build(cfg, *, method, target_names, profile_names, eval_names, sparsity, calib, calib_sets, params, metrics,
-          dense_metrics, timings, cache_status, masks, per_task_masks) -> RunResult:
-    """The run's result from its config and what the stages returned."""
+def build(cfg, plan, *, sparsity, calib_sets, params, metrics, dense_metrics, timings, cache_status,
+          votes) -> RunResult:
+    """The run's result from its config, its plan and what the stages returned (`votes`: stages.Votes)."""
     from omegaconf import OmegaConf
 
     from diet import evaluate
 
-    used = task_mask_tensors(per_task_masks) if method.per_task_eval else masks  # what the evaluation used
+    per_task_eval = plan.method.per_task_eval
+    used = task_mask_tensors(votes.per_task) if per_task_eval else votes.masks  # what the evaluation used
     return RunResult(
-        model=cfg.model.name, model_id=cfg.model.name_or_path, tasks=profile_names, eval_tasks=eval_names,
-        method=method.name, scoring=cfg.scoring.name, target="+".join(target_names), scope=cfg.prune.scope,
-        seed=cfg.seed, sparsity=sparsity, vote=OmegaConf.to_container(cfg.vote, resolve=True),
-        prune=OmegaConf.to_container(cfg.prune, resolve=True), calib=calib, params=params, metrics=metrics,
+        model=cfg.model.name, model_id=cfg.model.name_or_path, tasks=plan.profile_tasks, eval_tasks=plan.eval_tasks,
+        method=plan.method.name, scoring=plan.scoring.name, target=plan.target_label, scope=plan.rules.scope,
+        seed=plan.seed, sparsity=sparsity, vote=OmegaConf.to_container(cfg.vote, resolve=True),
+        prune=OmegaConf.to_container(cfg.prune, resolve=True), calib=plan.calib, params=params, metrics=metrics,
         average=evaluate.averages(metrics),
-        paper_metric={t: evaluate.paper_metric(t, metrics.get(t)) for t in eval_names}, dense_metrics=dense_metrics,
-        dense_average=evaluate.averages(dense_metrics) if dense_metrics else None, timings_s=timings,
-        profile_cache=cache_status, calibration=describe_calibration(calib_sets), mask_sha256=mask_sha256(used),
-        versions=versions(),
-        task_mask_sha256={t: mask_sha256(m) for t, m in per_task_masks.items()} if method.per_task_eval else None,
+        paper_metric={t: evaluate.paper_metric(t, metrics.get(t)) for t in plan.eval_tasks},
+        dense_metrics=dense_metrics, dense_average=evaluate.averages(dense_metrics) if dense_metrics else None,
+        timings_s=timings, profile_cache=cache_status, calibration=describe_calibration(calib_sets),
+        mask_sha256=mask_sha256(used), versions=versions(),
+        task_mask_sha256={t: mask_sha256(m) for t, m in votes.per_task.items()} if per_task_eval else None,
         drop=drops(dense_metrics, metrics) if dense_metrics else None)
 
 
@@ -114,15 +115,15 @@ def task_mask_tensors(per_task_masks: dict) -> dict[str, torch.Tensor]:
     return {f"task.{task}.{key}": m for task, masks in per_task_masks.items() for key, m in masks.items()}
 
 
-def sparsity(requested: float, masks: dict[str, torch.Tensor], target_names: list[str]) -> dict:
+def sparsity(requested: float, masks: dict[str, torch.Tensor], chosen_targets) -> dict:
     """{"requested", "achieved"} over every mask, plus "per_target" when several targets were pruned."""
     from diet import targets
     from diet.vote import achieved_sparsity
 
     out = {"requested": float(requested), "achieved": achieved_sparsity(masks)}
-    if len(target_names) > 1:
-        out["per_target"] = {n: achieved_sparsity({k: m for k, m in masks.items() if targets.owner(k) == n})
-                             for n in target_names}
+    if len(chosen_targets) > 1:
+        out["per_target"] = {t.name: achieved_sparsity({k: m for k, m in masks.items() if targets.owner(k) == t.name})
+                             for t in chosen_targets}
     return out
 
 

@@ -12,58 +12,40 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from diet import DietError, config, evaluate, methods, models, plots, profile, prune, record, sweeps, targets, tracking
+from diet import DietError, config, evaluate, models, plots, prune, record, stages, sweeps, tracking
 from diet import tasks as task_lib
-from diet.tasks import calibration
 
 log = logging.getLogger("diet")
-
-
-def vote_stage(cfg: DictConfig, loaded: models.LoadedModel, stats: dict, method=None, target_names=None):
-    """The vote stage as the run calls it (the benchmarks time this same call)."""
-    if warning := prune.gpu_alignment_warning(profile.input_device(loaded.model, loaded.adapter),
-                                              cfg.prune.multiple_of):
-        log.warning(warning)
-    method = method or methods.get(cfg.method.name)
-    target_names = target_names or targets.names(cfg.prune.target)
-    return methods.make_masks(
-        method, target_names, loaded.model, loaded.adapter, stats, scoring_name=cfg.scoring.name, seed=cfg.seed,
-        sparsity={n: config.target_sparsity(cfg, n) for n in target_names},
-        target_options={n: config.target_options(cfg, n) for n in target_names},
-        rules=dict(scope=cfg.prune.scope, min_keep=cfg.prune.min_keep, multiple_of=cfg.prune.multiple_of,
-                   vote_method=cfg.vote.method, threshold=cfg.vote.threshold, exact_budget=cfg.vote.exact_budget))
 
 
 def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str | None = None
         ) -> record.RunResult | dict:
     """One run of a composed config into `run_dir` (in-process callable: nothing here needs Hydra's runtime).
     `name` and `group` name the W&B run (default: the model's name, no group)."""
-    config.validate(cfg)
+    plan = config.plan(cfg)
     recorder = record.Recorder(Path(run_dir))
     recorder.status("running", stage="setup")
     started, timings = time.perf_counter(), {}
     cache_dir, device = Path(to_absolute_path(cfg.cache_dir)), models.resolve_device(cfg.device)
-    method, target_names = methods.get(cfg.method.name), targets.names(cfg.prune.target)
-    calib = OmegaConf.to_container(cfg.calib, resolve=True)
-    profile_names = list(cfg.tasks.names)
-    eval_names = list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_names
-    task_objects = task_lib.load_tasks(sorted(set(profile_names) | set(eval_names)), data_dir=str(cache_dir / "data"),
-                                       local_dir=to_absolute_path(cfg.data.local_dir) if cfg.data.local_dir else None,
-                                       keys={n: "eval.tasks" for n in eval_names if n not in profile_names})
-    calib_sets = methods.calibration_sets(method.calibration_for(cfg.calib.source), {n: task_objects[n] for n in
-                                          profile_names}, cfg.calib.n_samples, cfg.seed, cfg.calib.include_target)
+    local_dir = to_absolute_path(cfg.data.local_dir) if cfg.data.local_dir else None
+    task_objects = stages.tasks(plan, data_dir=cache_dir / "data", local_dir=local_dir)
+    calib_sets = stages.calibrate(plan, task_objects)
     loaded = models.load(cfg.model, device=device, cache_dir=str(cache_dir), seed=cfg.seed)
+    loaded = plan.transform(loaded, calib_sets)
 
     recorder.status("running", stage="profile")
     t = time.perf_counter()
-    stats, cache_status = profile.profile_sets(loaded, calib_sets, target_names, cache_dir, calib, seed=cfg.seed,
-                                               dtype=cfg.model.dtype,
-                                               offload_device=device if cfg.model.get("offload") else None)
+    stats, cache_status = stages.profile(plan, loaded, calib_sets, cache_dir=cache_dir, dtype=cfg.model.dtype,
+                                         offload_device=stages.offload_device(cfg.model, device))
     timings["profile"] = time.perf_counter() - t
-    held_out = methods.held_out_docs(calib_sets)
-    for calib_set in calib_sets.values():
-        calibration.exclude_calibration_docs(task_objects, calib_set)
-    eval_tasks = task_lib.evaluation_tasks({n: task_objects[n] for n in eval_names})
+    if plan.stage == "profile":
+        recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
+        log.info("stage=profile: the profile cache is filled; nothing else runs")
+        return {"profile_cache": cache_status}
+
+    held_out = stages.held_out_docs(calib_sets)
+    stages.exclude_calibration(task_objects, calib_sets)
+    eval_tasks = task_lib.evaluation_tasks({n: task_objects[n] for n in plan.eval_tasks})
     eval_kwargs = dict(device=device, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit,
                        num_fewshot=cfg.eval.num_fewshot, bootstrap_iters=cfg.eval.bootstrap_iters, seed=cfg.seed,
                        max_gen_toks=cfg.eval.get("max_gen_toks"))
@@ -71,41 +53,35 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
     if cfg.eval.dense:
         recorder.status("running", stage="dense_eval")
         t = time.perf_counter()
-        dense_metrics = evaluate.dense_eval(loaded, eval_tasks, eval_kwargs, cache_dir, task_names=eval_names,
+        dense_metrics = evaluate.dense_eval(loaded, eval_tasks, eval_kwargs, cache_dir, task_names=plan.eval_tasks,
                                             held_out=held_out, local_dir=cfg.data.local_dir)
         timings["dense_eval"] = time.perf_counter() - t
-    if cfg.stage == "profile":
-        recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
-        log.info("stage=profile: the profile cache is filled%s; nothing else runs",
-                 " and the dense model evaluated" if cfg.eval.dense else "")
-        return {"profile_cache": cache_status}
 
     recorder.status("running", stage="vote")
     t = time.perf_counter()
-    masks, per_task_masks, votes, mean_scores = vote_stage(cfg, loaded, stats, method, target_names)
+    voted = stages.vote(plan, loaded, stats)
     timings["vote"] = time.perf_counter() - t
-    sparsity = record.sparsity(cfg.sparsity, masks, target_names)
-    log.info("vote: %s, sparsity %s", method.name, sparsity)
-    mask_path = recorder.masks({**masks, **record.task_mask_tensors(per_task_masks)}, {
-        "target": "+".join(target_names), "scope": cfg.prune.scope, "sparsity": str(cfg.sparsity),
-        "method": method.name})
+    sparsity = record.sparsity(cfg.sparsity, voted.masks, plan.targets)
+    log.info("vote: %s, sparsity %s", plan.method.name, sparsity)
+    mask_path = recorder.masks({**voted.masks, **record.task_mask_tensors(voted.per_task)}, {
+        "target": plan.target_label, "scope": cfg.prune.scope, "sparsity": str(cfg.sparsity),
+        "method": plan.method.name})
 
     dense_params = prune.count_params(loaded.model)
-    if method.per_task_eval:
-        metrics, pruned_params = evaluate.per_task_eval(loaded, target_names, per_task_masks, task_objects,
-                                                        eval_names, eval_kwargs, timings)
+    if plan.method.per_task_eval:
+        metrics, pruned_params = stages.per_task_eval(plan, loaded, voted.per_task, stats, task_objects,
+                                                      eval_kwargs, timings)
     else:
-        metrics, pruned_params = prune_and_evaluate(cfg, loaded, masks, target_names, eval_tasks, eval_kwargs,
+        metrics, pruned_params = prune_and_evaluate(cfg, plan, loaded, voted.masks, stats, eval_tasks, eval_kwargs,
                                                     recorder, timings)
     timings["total"] = time.perf_counter() - started
 
-    result = record.build(cfg, method=method, target_names=target_names, profile_names=profile_names,
-                          eval_names=eval_names, sparsity=sparsity, calib=calib, calib_sets=calib_sets,
+    result = record.build(cfg, plan, sparsity=sparsity, calib_sets=calib_sets,
                           params={"dense": dense_params, "pruned": pruned_params}, metrics=metrics,
-                          dense_metrics=dense_metrics, timings=timings, cache_status=cache_status, masks=masks,
-                          per_task_masks=per_task_masks)
+                          dense_metrics=dense_metrics, timings=timings, cache_status=cache_status, votes=voted)
     recorder.result(result)
-    plot_paths = plots.write_all(recorder.dir, masks, per_task_masks, votes, mean_scores, result.target)
+    plot_paths = plots.write_all(recorder.dir, voted.masks, voted.per_task, voted.votes, voted.mean_scores,
+                                 result.target)
     recorder.status("done")
     print(record.summary(result))
     tracking.log_run(
@@ -117,13 +93,12 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
     return result
 
 
-def prune_and_evaluate(cfg, loaded, masks, target_names, eval_tasks, eval_kwargs, recorder, timings):
+def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings):
     """Prune the loaded model in place (saving it on request) and evaluate it: (metrics, pruned parameter count)."""
     dense_params = prune.count_params(loaded.model)
     recorder.status("running", stage="prune")
     t = time.perf_counter()
-    prune.prune_model(loaded.model, loaded.adapter, masks, target_names)
-    pruned_params = prune.count_params(loaded.model)
+    pruned_params = stages.prune(plan, loaded, masks, stats)
     if cfg.prune.save:
         prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
     timings["prune"] = time.perf_counter() - t

@@ -1,88 +1,128 @@
-"""Scorings: named functions from one hook point's profile statistics (and weight norms) to per-dimension scores.
+"""Scorings: named functions from one hook point's statistics (and weight norms) to per-dimension scores.
+
+A `Scoring` declares the statistics it reads (`diet/stats.py`), whether it needs the target's weight norms, and how
+the per-channel scores of a group of channels (an attention head's head_dim channels) become the group's score:
+  sum / l2 / max / mean   reduce the channels' scores (act_l1 = sum of the channels' mean |x| = the mean over
+                          tokens of the head output's L1 norm; act_l2 = the L2 norm of the channels' RMS = the RMS
+                          over tokens of its L2 norm; act_max = the largest channel's)
+  stats                   reduce the statistics (each by its own rule) and the weight norms (L2) to the group
+                          first, then score once per group
+Targets whose dimensions are single channels (mlp, hidden) are unaffected by the choice.
 
   act_l1: mean |x|;  act_l2: sqrt(mean x^2);  act_max: max |x|;
-  wanda:  sqrt(mean x^2) * ||W_d||_2, the structured form of Wanda's |W| * ||X||: the activation norm of the
-          dimension times the L2 norm of the weights that touch it (the target's `weight_norms`). Wanda's ||X|| is
-          sqrt(sum x^2); we use sqrt(mean x^2), which differs by sqrt(token count), a constant per hook point that
-          the per-group (and, for `hidden`, per-point) normalisation removes, so masks are the same either way.
+  act_var: the variance of x over calibration tokens (mean x^2 - (mean x)^2; a head: the sum over its channels),
+          the input-fluctuation term that FLAP weights by the squared norm of the weights the channel feeds. This
+          unweighted form is ours, the worked example of docs/architecture.md, not FLAP's metric.
+  wanda:  sqrt(mean x^2) * ||W_d||_2: the activation RMS of the dimension times the L2 norm of the weights that
+          touch it (the target's `weight_norms`; for a head, its RMS L2 norm times the Frobenius norm of its o_proj
+          columns). A structured, per-dimension reading of Wanda's |W| * ||X||; it is NOT Wanda-sp (FLAP's
+          repository scores a channel by ||x_j||_2 * mean_i |W_ij|). Wanda's ||X|| is sqrt(sum x^2); we use
+          sqrt(mean x^2), which differs by sqrt(token count), a constant per hook point that the per-group (and, for
+          `hidden`, per-point) normalisation removes, so masks are the same either way.
 A target then aggregates the per-point scores into its mask groups (`hidden` averages normalised point scores).
-Adding a scoring: one function registered in SCORINGS, plus conf/scoring/<name>.yaml.
+Adding a scoring: one `Scoring` in SCORINGS plus conf/scoring/<name>.yaml (its options, if any, beside `name`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from diet import DietError, stats
+from diet.options import Option
+from diet.targets.base import group_index
 
-def _mean_abs(stats, norms):
-    return stats["sum_abs"] / stats["count"].clamp_min(1.0)
-
-
-def _rms(stats, norms):
-    return (stats["sum_sq"] / stats["count"].clamp_min(1.0)).sqrt()
+GROUP_REDUCTIONS = ("sum", "l2", "max", "mean", "stats")
 
 
-def _max_abs(stats, norms):
-    return stats["max_abs"]
+@dataclass(frozen=True)
+class Scoring:
+    name: str
+    score: Callable[[dict[str, torch.Tensor], torch.Tensor | None], torch.Tensor]  # (point stats, norms) -> scores
+    stats: tuple[str, ...]
+    uses_weights: bool = False
+    group_reduce: str = "sum"          # one of GROUP_REDUCTIONS
+    options: dict[str, Option] = field(default_factory=dict)
 
 
-def _wanda(stats, norms):
-    return _rms(stats, None).cpu() * norms.float().cpu()
+def _mean_abs(s, norms):
+    return s["sum_abs"] / s["count"].clamp_min(1.0)
 
 
-# name -> (function(stats of one point, weight norms of that point or None) -> scores, needs weight norms)
-SCORINGS: dict[str, tuple[Callable, bool]] = {
-    "act_l1": (_mean_abs, False),
-    "act_l2": (_rms, False),
-    "act_max": (_max_abs, False),
-    "wanda": (_wanda, True),
-}
+def _rms(s, norms):
+    return (s["sum_sq"] / s["count"].clamp_min(1.0)).sqrt()
 
 
-def needs_weight_norms(scoring: str) -> bool:
-    return SCORINGS[scoring][1]
+def _max_abs(s, norms):
+    return s["max_abs"]
 
 
-def point_score(stats: dict[str, torch.Tensor], scoring: str, norms: torch.Tensor | None = None) -> torch.Tensor:
-    if scoring not in SCORINGS:
-        raise ValueError(f"unknown scoring {scoring!r}")
-    return SCORINGS[scoring][0](stats, norms).cpu()
+def _variance(s, norms):
+    n = s["count"].clamp_min(1.0)
+    return (s["sum_sq"] / n - (s["sum"] / n).square()).clamp_min(0.0)
 
 
-def group_scores(stats: dict[str, dict[str, torch.Tensor]], scoring: str, target,
-                 weight_norms: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """One score vector per mask group of `target` (a Target or its name) from one task's statistics."""
-    from diet import targets
+def _wanda(s, norms):
+    return _rms(s, None).cpu() * norms.float().cpu()
 
-    target = targets.get(target) if isinstance(target, str) else target
-    points = sorted(stats, key=targets.group_index)
+
+SCORINGS: dict[str, Scoring] = {s.name: s for s in (
+    Scoring("act_l1", _mean_abs, ("sum_abs", "count"), group_reduce="sum"),
+    Scoring("act_l2", _rms, ("sum_sq", "count"), group_reduce="l2"),
+    Scoring("act_max", _max_abs, ("max_abs",), group_reduce="max"),
+    Scoring("wanda", _wanda, ("sum_sq", "count"), uses_weights=True, group_reduce="stats"),
+    Scoring("act_var", _variance, ("sum", "sum_sq", "count"), group_reduce="sum"),
+)}
+
+
+def get(name: str) -> Scoring:
+    if name not in SCORINGS:
+        raise DietError(f"scoring: {name!r} is not allowed; allowed: {', '.join(SCORINGS)}")
+    return SCORINGS[name]
+
+
+def reduce_channels(scores: torch.Tensor, group_size: int, how: str) -> torch.Tensor:
+    """Per-channel scores -> one per consecutive group of `group_size` channels."""
+    if group_size == 1:
+        return scores
+    grouped = scores.reshape(-1, group_size)
+    if how == "sum":
+        return grouped.sum(dim=1)
+    if how == "l2":
+        return grouped.square().sum(dim=1).sqrt()
+    if how == "max":
+        return grouped.amax(dim=1)
+    if how == "mean":
+        return grouped.mean(dim=1)
+    raise ValueError(f"group reduction {how!r} is not one of {GROUP_REDUCTIONS}")
+
+
+def point_score(point_stats: dict[str, torch.Tensor], scoring: Scoring, norms: torch.Tensor | None = None,
+                group_size: int = 1) -> torch.Tensor:
+    """One hook point's score per dimension (per group of `group_size` channels)."""
+    if scoring.group_reduce == "stats" and group_size > 1:
+        point_stats = {k: stats.reduce_groups(v, k, group_size) for k, v in point_stats.items()}
+        norms = None if norms is None else reduce_channels(norms.float(), group_size, "l2")
+        return scoring.score(point_stats, norms).cpu()
+    return reduce_channels(scoring.score(point_stats, norms).cpu(), group_size, scoring.group_reduce)
+
+
+def group_scores(point_stats: dict[str, dict[str, torch.Tensor]], scoring: Scoring, target, *,
+                 weight_norms: dict[str, torch.Tensor] | None = None,
+                 group_sizes: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """One score vector per mask group of `target` from one calibration set's statistics. `group_sizes`: channels
+    per dimension at each hook point (`target.group_sizes(model, adapter)`; 1 where absent)."""
     per_point = {}
-    for point in points:
+    for point in sorted(point_stats, key=group_index):
         norms = None
-        if needs_weight_norms(scoring):
+        if scoring.uses_weights:
             if weight_norms is None:
-                raise ValueError(f"scoring {scoring!r} needs weight_norms=target.weight_norms(model, adapter)")
-            expected = stats[point]["sum_sq"].shape
+                raise ValueError(f"scoring {scoring.name!r} needs weight_norms=target.weight_norms(model, adapter)")
+            expected = next(v.shape for k, v in point_stats[point].items() if stats.get(k).group_reduce != "none")
             if point not in weight_norms or weight_norms[point].shape != expected:
                 found = tuple(weight_norms[point].shape) if point in weight_norms else "missing"
                 raise ValueError(f"weight_norms[{point!r}]: {found}; expected shape {tuple(expected)}")
             norms = weight_norms[point]
-        per_point[point] = point_score(stats[point], scoring, norms)
+        per_point[point] = point_score(point_stats[point], scoring, norms, (group_sizes or {}).get(point, 1))
     return target.aggregate(per_point)
-
-
-def weight_norms(model, adapter, target) -> dict[str, torch.Tensor]:
-    """The target's per-dimension weight norms, keyed like its hook points (float32, cpu)."""
-    from diet import targets
-
-    target = targets.get(target) if isinstance(target, str) else target
-    return target.weight_norms(model, adapter)
-
-
-def magnitude_scores(norms: dict[str, torch.Tensor], target) -> dict[str, torch.Tensor]:
-    """Data-free scores (method=magnitude): the weight norms alone, aggregated to groups like `group_scores`."""
-    from diet import targets
-
-    target = targets.get(target) if isinstance(target, str) else target
-    return target.aggregate({point: norms[point].float().cpu() for point in sorted(norms, key=targets.group_index)})

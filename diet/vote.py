@@ -59,6 +59,7 @@ Scope, min_keep and multiple_of (`build_masks`):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -66,9 +67,24 @@ import torch
 from diet import DietError
 
 SCOPES = ("layer", "global")
-TARGETS = ("mlp", "hidden", "heads")
 DEFAULT_MIN_KEEP = 0.125
 _EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How scores become masks (the `vote.*` and `prune.*` keys of a run): see the module docstring."""
+    scope: str = "layer"
+    min_keep: float = DEFAULT_MIN_KEEP
+    multiple_of: int = 1
+    vote_method: str = "majority"
+    threshold: float | None = None
+    exact_budget: bool = True
+
+    def kwargs(self, multiple_of: int | None = None) -> dict:
+        """`build_masks` keyword arguments; `multiple_of` as the target resolved it."""
+        return dict(scope=self.scope, min_keep=self.min_keep, vote_method=self.vote_method, threshold=self.threshold,
+                    exact_budget=self.exact_budget, multiple_of=self.multiple_of if multiple_of is None else multiple_of)
 
 
 def normalise(score: torch.Tensor) -> torch.Tensor:
@@ -156,12 +172,12 @@ class MergeInput:
         self.mean = {g: torch.stack([self.normalised[t][g] for t in self.tasks]).mean(dim=0) for g in groups}
         self.votes = {g: torch.stack([per_task_masks[t][g] for t in self.tasks]).sum(dim=0) for g in groups}
         if scope == "layer":
-            self.positions = {t: {g: _positions(_order(per_task_scores[t][g], None)) for g in groups}
+            self.positions = {t: {g: _positions(order(per_task_scores[t][g], None)) for g in groups}
                               for t in self.tasks}
         else:
             self.positions = {}
             for t in self.tasks:
-                flat = _positions(_order(torch.cat([self.normalised[t][g] for g in groups]), None))
+                flat = _positions(order(torch.cat([self.normalised[t][g] for g in groups]), None))
                 self.positions[t] = dict(zip(groups, flat.split([self.mean[g].numel() for g in groups])))
 
     def stacked_positions(self, group: str) -> torch.Tensor:
@@ -201,18 +217,6 @@ MERGE_RULES = {
     "borda": (_borda_keys, False),
 }
 VOTE_METHODS = tuple(MERGE_RULES)
-
-
-def merge(per_task_masks: dict[str, dict[str, torch.Tensor]], per_task_scores: dict[str, dict[str, torch.Tensor]],
-          sparsity: float, threshold: float | None = None, exact_budget: bool = True, method: str = "majority"
-          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """`build_masks` with scope=layer, min_keep=0, multiple_of=1; per_task_masks must be `task_masks(scores,
-    sparsity)` (they are recomputed from the scores and checked). Returns (mask per group, vote count per group)."""
-    masks, per_task, votes = build_masks(per_task_scores, sparsity=sparsity, vote_method=method, threshold=threshold,
-                                         exact_budget=exact_budget, min_keep=0.0, multiple_of=1)
-    if any(not torch.equal(per_task[t][g], per_task_masks[t][g]) for t in per_task for g in per_task[t]):
-        raise ValueError("merge: per_task_masks are not task_masks(per_task_scores, sparsity)")
-    return masks, votes
 
 
 # ------------------------------------------------------------------------------------ budget, scope, rounding
@@ -324,7 +328,7 @@ class _Budget:
         return {g: self._nearest(g, counts[g], self.lo[g]) for g in self.groups}
 
 
-def _order(primary: torch.Tensor, secondary: torch.Tensor | None) -> torch.Tensor:
+def order(primary: torch.Tensor, secondary: torch.Tensor | None) -> torch.Tensor:
     """Indices best first: primary desc, then secondary desc, then index asc."""
     if secondary is None:
         return torch.sort(primary, descending=True, stable=True).indices
@@ -342,23 +346,23 @@ def _select(budget: _Budget, primary: dict[str, torch.Tensor], secondary: dict[s
     """Keep, in each group, the top of the ranking restricted to it: `widths` when given, else the exact budget
     (layer: the layer widths; global: lo reserved, the rest from the global ranking, rounded to allowed widths)."""
     groups = budget.groups
-    within = {g: _positions(_order(primary[g], None if secondary is None else secondary[g])) for g in groups}
+    within = {g: _positions(order(primary[g], None if secondary is None else secondary[g])) for g in groups}
     if widths is None and budget.scope == "layer":
         widths = budget.layer_widths
     if widths is None:
-        order = _order(torch.cat([primary[g] for g in groups]),
+        ranking = order(torch.cat([primary[g] for g in groups]),
                        None if secondary is None else torch.cat([secondary[g] for g in groups]))
         group_id = torch.repeat_interleave(torch.arange(len(groups)),
                                            torch.tensor([budget.widths[g] for g in groups]))
         reserved = torch.cat([within[g] < budget.lo[g] for g in groups])
-        rest = order[~reserved[order]][: budget.total - sum(budget.lo.values())]
+        rest = ranking[~reserved[ranking]][: budget.total - sum(budget.lo.values())]
         extra = torch.bincount(group_id[rest], minlength=len(groups)).tolist()
         widths = budget.round_to_total({g: budget.lo[g] + extra[i] for i, g in enumerate(groups)})
     return {g: within[g] < widths[g] for g in groups}
 
 
-def build_masks(per_task_scores: dict[str, dict[str, torch.Tensor]], *, sparsity: float, target: str = "mlp",
-                scope: str = "layer", vote_method: str = "majority", threshold: float | None = None,
+def build_masks(per_task_scores: dict[str, dict[str, torch.Tensor]], *, sparsity: float, scope: str = "layer",
+                vote_method: str = "majority", threshold: float | None = None,
                 exact_budget: bool = True, min_keep: float = DEFAULT_MIN_KEEP, multiple_of: int = 1
                 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
     """Per-task masks and their merge under one scope / min_keep / multiple_of rule (see the module docstring).
@@ -368,10 +372,8 @@ def build_masks(per_task_scores: dict[str, dict[str, torch.Tensor]], *, sparsity
     int64 counts}), groups in layer order, tasks sorted. Each per-task mask is the mask that task alone would get
     (method=per_task evaluates each with its own). With a single task the final mask is that task's mask. With
     scope=layer, multiple_of=1 and min_keep met by every group, the per-task masks are exactly `task_masks`.
-    `target` is only checked.
     """
     _check_choice("vote.method", vote_method, VOTE_METHODS)
-    _check_choice("prune.target", target, TARGETS)
     if not per_task_scores:
         raise ValueError("build_masks needs the scores of at least one task")
     tasks = sorted(per_task_scores)
@@ -405,16 +407,7 @@ def build_masks(per_task_scores: dict[str, dict[str, torch.Tensor]], *, sparsity
     return _select(budget, votes, inp.mean, budget.voted_widths(counts)), per_task, votes
 
 
-def random_masks(widths: dict[str, int], sparsity: float, seed: int, *, scope: str = "layer",
-                 min_keep: float = DEFAULT_MIN_KEEP, multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    """Seeded uniform scores (drawn group by group in layer order) through the same budget rules."""
-    generator = torch.Generator().manual_seed(seed)
-    scores = {g: torch.rand(widths[g], generator=generator) for g in sorted_groups(widths)}
-    target = "hidden" if list(scores) == ["hidden"] else "mlp"
-    return build_masks({"random": scores}, sparsity=sparsity, target=target, scope=scope, min_keep=min_keep,
-                       multiple_of=multiple_of)[0]
-
-
 def achieved_sparsity(masks: dict[str, torch.Tensor]) -> float:
+    """The fraction of dimensions removed, from integer counts (128 of 640 removed is 0.2, not 0.19999999999999996)."""
     total = sum(m.numel() for m in masks.values())
-    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total
+    return (total - sum(int(m.sum()) for m in masks.values())) / total

@@ -7,7 +7,7 @@ import torch
 import transformers
 from test_prune import ATOL, FAMILIES, LAYERS, RTOL, logits, tiny_model, tiny_tokenizer
 
-from diet import DietError, methods, profile, targets, vote
+from diet import DietError, methods, profile, scoring, targets, vote
 from diet.models.adapters import get_adapter
 from diet.prune import count_params, load_pruned, prune_model, save_pruned, zero_masked_reference
 
@@ -108,24 +108,24 @@ def scores_of(*rows):
 def test_per_group_vote_removes_the_same_number_of_query_heads_from_every_kv_group():
     model = tiny_model("llama")
     adapter = get_adapter(model)
-    heads = targets.get("heads")
+    heads = targets.get("heads", sparsity=0.5)
     # the two best heads of layer 0 (0 and 1) share KV group 0: per_group keeps the best of each group instead
     one_task = {"t": scores_of([9, 8, 1, 2], [1, 2, 3, 4])}
-    masks, per_task, _ = heads.vote(model, adapter, one_task, sparsity=0.5, scope="layer", min_keep=0.0,
-                                    multiple_of=128)
+    masks, per_task, _ = heads.vote(model, adapter, one_task, vote.Rules(scope="layer", min_keep=0.0,
+                                                                         multiple_of=128))
     assert masks["heads.0"].tolist() == [True, False, False, True]
     assert masks["heads.1"].tolist() == [False, True, False, True]
     assert per_task["t"]["heads.0"].tolist() == masks["heads.0"].tolist()
     # kv_group: whole groups by the mean score of their query heads
-    masks, _, _ = targets.get("heads", gqa="kv_group").vote(model, adapter, one_task, sparsity=0.5, scope="layer",
-                                                            min_keep=0.0, multiple_of=128)
+    masks, _, _ = targets.get("heads", sparsity=0.5, gqa="kv_group").vote(
+        model, adapter, one_task, vote.Rules(scope="layer", min_keep=0.0, multiple_of=128))
     assert masks["heads.0"].tolist() == [True, True, False, False]
     assert masks["heads.1"].tolist() == [False, False, True, True]
     # several tasks: votes decide, then each KV group keeps its most voted heads
     tasks = {"a": scores_of([9, 8, 1, 2], [4, 3, 2, 1]), "b": scores_of([9, 1, 8, 2], [4, 3, 2, 1]),
              "c": scores_of([1, 9, 8, 2], [4, 3, 2, 1])}
-    masks, per_task, votes = heads.vote(model, adapter, tasks, sparsity=0.5, scope="layer", min_keep=0.0,
-                                        multiple_of=1, vote_method="majority")
+    masks, per_task, votes = heads.vote(model, adapter, tasks, vote.Rules(scope="layer", min_keep=0.0, multiple_of=1,
+                                                                          vote_method="majority"))
     for task_masks in [masks, *per_task.values()]:
         for mask in task_masks.values():
             assert mask.reshape(KV_HEADS, -1).sum(dim=1).tolist() == [1, 1]
@@ -140,15 +140,17 @@ def test_per_group_vote_removes_the_same_number_of_query_heads_from_every_kv_gro
 def test_heads_masks_from_every_method_prune_to_a_valid_model(scope, gqa):
     model = tiny_model("qwen2")
     adapter = get_adapter(model)
-    heads = targets.get("heads", gqa=gqa)
-    stats = {task: {f"heads.{i}": {"sum_abs": torch.rand(HEADS, generator=g), "sum_sq": torch.rand(HEADS, generator=g),
-                                   "max_abs": torch.rand(HEADS, generator=g), "count": torch.tensor([5.0])}
+    heads = targets.get("heads", sparsity=0.5, gqa=gqa)
+    channels = HEADS * HEAD_DIM
+    stats = {task: {f"heads.{i}": {"sum_abs": torch.rand(channels, generator=g),
+                                   "sum_sq": torch.rand(channels, generator=g),
+                                   "max_abs": torch.rand(channels, generator=g), "count": torch.tensor([5.0])}
                     for i in range(LAYERS)}
              for task, g in ((t, torch.Generator().manual_seed(s)) for s, t in enumerate("abc"))}
     for name, method in methods.METHODS.items():
         calibrated = stats if method.calibration == "task" else {"generic": stats["a"]}
-        scores = method.scores(heads, model, adapter, calibrated, "wanda", 0)
-        masks, _, _ = heads.vote(model, adapter, scores, sparsity=0.5, scope=scope, min_keep=0.25, multiple_of=128)
+        scores = method.scores(heads, model, adapter, calibrated, scoring.get("wanda"), 0)
+        masks, _, _ = heads.vote(model, adapter, scores, vote.Rules(scope=scope, min_keep=0.25, multiple_of=128))
         assert all(int(m.sum()) >= 1 for m in masks.values()), name
         assert 0 < vote.achieved_sparsity(masks) <= 0.5, name
         reference = zero_masked_reference(copy.deepcopy(model), adapter, masks, "heads")
@@ -156,19 +158,22 @@ def test_heads_masks_from_every_method_prune_to_a_valid_model(scope, gqa):
         torch.testing.assert_close(logits(pruned), logits(reference), atol=ATOL, rtol=RTOL)
 
 
-def test_heads_weight_norms_are_the_o_proj_column_norms_of_each_head():
+def test_heads_weight_norms_are_the_o_proj_column_norms_and_a_heads_their_frobenius_norm():
     model = tiny_model("gemma3_text")
     adapter = get_adapter(model)
     norms = targets.get("heads").weight_norms(model, adapter)
     for i, layer in enumerate(model.model.layers):
         o = layer.self_attn.o_proj.weight.double()
+        torch.testing.assert_close(norms[f"heads.{i}"], o.norm(dim=0).float())
         want = torch.stack([o[:, h * HEAD_DIM:(h + 1) * HEAD_DIM].norm() for h in range(HEADS)]).float()
-        torch.testing.assert_close(norms[f"heads.{i}"], want)
+        torch.testing.assert_close(scoring.reduce_channels(norms[f"heads.{i}"], HEAD_DIM, "l2"), want)
 
 
 # ------------------------------------------------------------------------------------------------ the profile
 
-def test_per_head_statistics_equal_a_naive_recomputation():
+def test_per_head_scores_equal_a_naive_recomputation():
+    """Statistics stay per channel; each scoring's declared reduction gives the head's score: act_l1 the mean over
+    tokens of the head output's L1 norm, act_l2 the RMS of its L2 norm, act_max its largest element."""
     model = tiny_model("llama")
     adapter = get_adapter(model)
     tokenizer = tiny_tokenizer()
@@ -185,10 +190,19 @@ def test_per_head_statistics_equal_a_naive_recomputation():
             model(tokenizer(text, return_tensors="pt")["input_ids"])
     for handle in handles:
         handle.remove()
+    heads = targets.get("heads")
+    sizes = heads.group_sizes(model, adapter)
+    scores = {name: scoring.group_scores(stats, scoring.get(name), heads, group_sizes=sizes)
+              for name in ("act_l1", "act_l2", "act_max")}
     for i in range(LAYERS):
         x = torch.cat(captured[i]).reshape(-1, HEADS, HEAD_DIM)  # tokens x heads x head_dim
         got = stats[f"heads.{i}"]
-        assert got["count"].item() == x.shape[0]
-        torch.testing.assert_close(got["sum_abs"].double(), x.abs().sum(dim=(0, 2)), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got["sum_sq"].double(), x.square().sum(dim=(0, 2)), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got["max_abs"].double(), x.abs().amax(dim=(0, 2)), rtol=1e-5, atol=1e-6)
+        tokens = x.shape[0]
+        assert got["count"].item() == tokens and got["sum_abs"].shape == (HEADS * HEAD_DIM,)
+        torch.testing.assert_close(got["sum_abs"].double(), x.abs().sum(dim=0).reshape(-1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got["sum_sq"].double(), x.square().sum(dim=0).reshape(-1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got["max_abs"].double(), x.abs().amax(dim=0).reshape(-1), rtol=1e-5, atol=1e-6)
+        for name, want in (("act_l1", x.abs().sum(dim=(0, 2)) / tokens),
+                           ("act_l2", (x.square().sum(dim=(0, 2)) / tokens).sqrt()),
+                           ("act_max", x.abs().amax(dim=(0, 2)))):
+            torch.testing.assert_close(scores[name][f"heads.{i}"].double(), want, rtol=1e-5, atol=1e-6)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from diet import DietError, profile
+from diet import DietError, profile, targets
+from diet.stats import BASE
 from diet.models.adapters import get_adapter
 
 TEXTS = [
@@ -16,7 +17,7 @@ TEXTS = [
 def naive_stats(model, adapter, tokenizer, texts, target, max_length=64):
     """Reference: run each text alone (no padding at all), keep every activation, reduce at the end."""
     captured: dict[str, list[torch.Tensor]] = {}
-    points = profile.hook_points(model, adapter, target)
+    points = targets.get(target).hook_points(model, adapter)
     handles = [
         module.register_forward_pre_hook(
             lambda _m, args, kwargs, n=name: captured.setdefault(n, []).append(
@@ -52,7 +53,7 @@ def test_statistics_match_naive_reference_on_padded_batches(tiny_models, name, t
     for point, stats in got.items():
         assert stats["sum_abs"].shape == (width,) and stats["sum_abs"].dtype == torch.float32
         assert stats["count"].item() == total_tokens
-        for stat in profile.STATS:
+        for stat in BASE:
             torch.testing.assert_close(stats[stat].double(), want[point][stat], rtol=1e-4, atol=1e-5)
 
 
@@ -68,7 +69,7 @@ def test_padding_and_batching_do_not_change_statistics(tiny_models):
         b["attention_mask"] = torch.cat([b["attention_mask"], torch.zeros(b["attention_mask"].shape[0], 7, dtype=torch.long)], 1)
     padded = profile.collect(model, adapter, batches, "mlp")
     for point in one_by_one:
-        for stat in profile.STATS:
+        for stat in BASE:
             torch.testing.assert_close(batched[point][stat], one_by_one[point][stat], rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(padded[point][stat], one_by_one[point][stat], rtol=1e-5, atol=1e-6)
 
@@ -103,7 +104,7 @@ def test_layerwise_offload_profile_equals_whole_model_profile(tiny_models, name,
                                       layerwise_device=torch.device("cpu"))
     assert sorted(whole) == sorted(layerwise)
     for point in whole:
-        for stat in profile.STATS:
+        for stat in BASE:
             torch.testing.assert_close(layerwise[point][stat], whole[point][stat], rtol=1e-5, atol=1e-6)
     assert all(type(layer).__name__.endswith("DecoderLayer") for layer in adapter.decoder_layers(model))
 
@@ -122,7 +123,7 @@ def test_statistics_under_accelerate_offload_hooks_match(tiny_models):
     offloaded = profile.profile_texts(dispatched, get_adapter(dispatched), tokenizer, TEXTS, "mlp", max_length=64,
                                       batch_size=2)
     for point in plain:
-        for stat in profile.STATS:
+        for stat in BASE:
             torch.testing.assert_close(offloaded[point][stat], plain[point][stat], rtol=1e-5, atol=1e-6)
 
 
@@ -140,7 +141,7 @@ def test_fused_statistics_match_eager_on_padded_batches(tiny_models, dtype):
             fused = profile.collect(model, adapter, batches, target, fused_stats=True)
             assert sorted(fused) == sorted(eager)
             for point in eager:
-                for stat in profile.STATS:
+                for stat in BASE:
                     assert fused[point][stat].dtype == torch.float32
                     torch.testing.assert_close(fused[point][stat], eager[point][stat], rtol=1e-5, atol=1e-6)
             assert fused["hidden.0" if target == "hidden" else "mlp.0"]["count"].item() == sum(
@@ -166,6 +167,7 @@ def test_model_split_over_two_devices_gives_identical_statistics_masks_and_prune
 
     from accelerate import dispatch_model
 
+    from diet import scoring
     from diet.prune import prune_model
     from diet.scoring import group_scores
     from diet.vote import build_masks
@@ -181,16 +183,17 @@ def test_model_split_over_two_devices_gives_identical_statistics_masks_and_prune
         adapter = get_adapter(m)
         per_task = {name: profile.profile_texts(m, adapter, tokenizer, texts, target, max_length=64, batch_size=2)
                     for name, texts in (("a", TEXTS[:3]), ("b", TEXTS[2:]), ("c", TEXTS[::2]))}
-        scores = {name: group_scores({p: {k: v.cpu() for k, v in s.items()} for p, s in stats.items()}, "act_l2",
-                                     target) for name, stats in per_task.items()}
-        masks, _, _ = build_masks(scores, sparsity=0.25, target=target, multiple_of=4)
+        scores = {name: group_scores({p: {k: v.cpu() for k, v in s.items()} for p, s in task_stats.items()},
+                                     scoring.get("act_l2"), targets.get(target))
+                  for name, task_stats in per_task.items()}
+        masks, _, _ = build_masks(scores, sparsity=0.25, multiple_of=4)
         return per_task, masks
 
     single_stats, single_masks = pipeline(model)
     split_stats, split_masks = pipeline(split)
     for task in single_stats:
         for point in single_stats[task]:
-            for stat in profile.STATS:
+            for stat in BASE:
                 torch.testing.assert_close(split_stats[task][point][stat].cpu(), single_stats[task][point][stat],
                                            rtol=1e-5, atol=1e-6)
     assert single_masks.keys() == split_masks.keys()
@@ -209,7 +212,7 @@ def test_a_failing_compiler_is_a_one_line_error_naming_the_setting(tiny_models, 
     def broken(*_args):
         raise RuntimeError("Compiler: cc not found\nlong traceback follows")
 
-    monkeypatch.setattr(profile, "_compiled_column_stats", broken)
+    monkeypatch.setattr(profile, "_fused_partials", broken)
     model, tokenizer = tiny_models["tiny_llama"]
     with pytest.raises(DietError) as err:
         profile.profile_texts(model, get_adapter(model), tokenizer, TEXTS, "mlp", max_length=64, batch_size=2,

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from diet import DietError, scoring, vote
+from diet import DietError, methods, scoring, targets, vote
 
 
 def test_top_k_keeps_exactly_k_and_breaks_ties_by_lower_index():
@@ -17,21 +17,10 @@ def test_kept_count_rounds_the_removed_count(sparsity, width, kept):
     assert vote.kept_count(width, sparsity) == kept
 
 
-def test_merge_is_build_masks_in_layer_scope_and_checks_its_masks():
-    scores = random_scores(widths={"mlp.0": 40, "mlp.1": 40})
-    per_task = {t: vote.task_masks(s, 0.3) for t, s in scores.items()}
-    merged, votes = vote.merge(per_task, scores, 0.3, method="max_score")
-    masks, _, want_votes = vote.build_masks(scores, sparsity=0.3, vote_method="max_score", min_keep=0.0)
-    assert as_lists(merged) == as_lists(masks) and as_lists(votes) == as_lists(want_votes)
-    with pytest.raises(ValueError, match="per_task_masks are not task_masks"):
-        vote.merge({t: vote.task_masks(s, 0.5) for t, s in scores.items()}, scores, 0.3)
-
-
 def test_vote_count_prefers_votes_then_mean_score():
     scores = {"a": {"g": torch.tensor([4.0, 3.0, 1.0, 1.0])}, "b": {"g": torch.tensor([4.0, 1.0, 5.0, 1.0])},
               "c": {"g": torch.tensor([4.0, 1.0, 1.0, 3.0])}}
-    merged, votes = vote.merge({t: vote.task_masks(s, 0.5) for t, s in scores.items()}, scores, sparsity=0.5,
-                               method="vote_count")
+    merged, _, votes = vote.build_masks(scores, sparsity=0.5, vote_method="vote_count", min_keep=0.0)
     assert votes["g"].tolist() == [3, 1, 1, 1]
     assert merged["g"].tolist() == [True, False, True, False]  # 3 votes, then the highest mean normalised score
 
@@ -72,9 +61,14 @@ def test_a_minority_task_keeps_its_dimensions_under_max_score_and_union():
     assert kept["max_score"] == kept["union"] == [True] * 6 + [False, False]
 
 
+def random_masks(widths, sparsity, seed, **rules):
+    """method=random: the run's seeded draw, through the same budget rules."""
+    return vote.build_masks({"random": methods.draw_scores(widths, seed)}, sparsity=sparsity, **rules)[0]
+
+
 def test_random_masks_are_seeded():
     widths = {"mlp.0": 50, "mlp.1": 50}
-    a, b, c = (vote.random_masks(widths, 0.2, s) for s in (0, 0, 1))
+    a, b, c = (random_masks(widths, 0.2, s) for s in (0, 0, 1))
     assert all(torch.equal(a[k], b[k]) for k in widths)
     assert not all(torch.equal(a[k], c[k]) for k in widths)
     assert vote.achieved_sparsity(a) == pytest.approx(0.2)
@@ -85,13 +79,13 @@ def test_scores_from_statistics():
                        "max_abs": torch.tensor([3.0, 1.0]), "count": torch.tensor([2.0])},
              "mlp.0": {"sum_abs": torch.tensor([1.0, 1.0]), "sum_sq": torch.tensor([1.0, 1.0]),
                        "max_abs": torch.tensor([1.0, 1.0]), "count": torch.tensor([1.0])}}
-    assert list(scoring.group_scores(stats, "act_l1", "mlp")) == ["mlp.0", "mlp.1"]
-    assert scoring.group_scores(stats, "act_l1", "mlp")["mlp.1"].tolist() == [1.0, 2.0]
-    assert scoring.group_scores(stats, "act_l2", "mlp")["mlp.1"].tolist() == [2.0, 1.0]
-    assert scoring.group_scores(stats, "act_max", "mlp")["mlp.1"].tolist() == [3.0, 1.0]
+    assert list(scoring.group_scores(stats, scoring.get("act_l1"), targets.get("mlp"))) == ["mlp.0", "mlp.1"]
+    assert scoring.group_scores(stats, scoring.get("act_l1"), targets.get("mlp"))["mlp.1"].tolist() == [1.0, 2.0]
+    assert scoring.group_scores(stats, scoring.get("act_l2"), targets.get("mlp"))["mlp.1"].tolist() == [2.0, 1.0]
+    assert scoring.group_scores(stats, scoring.get("act_max"), targets.get("mlp"))["mlp.1"].tolist() == [3.0, 1.0]
     hidden = {f"hidden.{i}": s for i, s in enumerate(stats.values())}
     # mean of per-point scores normalised by their mean: ([2,1]/1.5 + [1,1]/1) / 2
-    torch.testing.assert_close(scoring.group_scores(hidden, "act_l2", "hidden")["hidden"],
+    torch.testing.assert_close(scoring.group_scores(hidden, scoring.get("act_l2"), targets.get("hidden"))["hidden"],
                                torch.tensor([(2 / 1.5 + 1) / 2, (1 / 1.5 + 1) / 2]))
 
 
@@ -217,7 +211,7 @@ def as_lists(masks):
 @pytest.mark.parametrize("min_keep,multiple_of", [(0.0, 1), (0.25, 4), (0.125, 8)])
 def test_build_masks_matches_reference(scope, method, threshold, exact_budget, min_keep, multiple_of):
     scores = random_scores()
-    got = vote.build_masks(scores, sparsity=0.4, target="mlp", scope=scope, vote_method=method, threshold=threshold,
+    got = vote.build_masks(scores, sparsity=0.4, scope=scope, vote_method=method, threshold=threshold,
                            exact_budget=exact_budget, min_keep=min_keep, multiple_of=multiple_of)
     want = reference_build({t: as_lists(s) for t, s in scores.items()}, 0.4, scope, method, threshold,
                            exact_budget, min_keep, multiple_of)
@@ -318,9 +312,9 @@ def test_random_masks_keep_todays_draws_and_follow_the_budget_rules():
     generator = torch.Generator().manual_seed(7)
     today = {g: vote.top_k_mask(torch.rand(w, generator=generator), vote.kept_count(w, 0.2))
              for g, w in widths.items()}
-    assert as_lists(vote.random_masks(widths, 0.2, 7)) == as_lists(today)
-    assert as_lists(vote.random_masks(dict(reversed(widths.items())), 0.2, 7)) == as_lists(today)
-    masks = vote.random_masks(widths, 0.2, 7, scope="global", min_keep=0.25, multiple_of=8)
+    assert as_lists(random_masks(widths, 0.2, 7)) == as_lists(today)
+    assert as_lists(random_masks(dict(reversed(widths.items())), 0.2, 7)) == as_lists(today)
+    masks = random_masks(widths, 0.2, 7, scope="global", min_keep=0.25, multiple_of=8)
     assert all(int(m.sum()) % 8 == 0 and int(m.sum()) >= 16 for m in masks.values())
 
 
@@ -350,12 +344,12 @@ def test_weight_norms_match_a_direct_computation(tiny_model):
     model, adapter = tiny_model
     offset = 1.0 if model.config.model_type == "gemma2" else 0.0
     layers = model.model.layers
-    norms = scoring.weight_norms(model, adapter, "mlp")
+    norms = targets.get("mlp").weight_norms(model, adapter)
     assert list(norms) == ["mlp.0", "mlp.1"]
     for i, layer in enumerate(layers):
         assert norms[f"mlp.{i}"].dtype == torch.float32 and norms[f"mlp.{i}"].device.type == "cpu"
         torch.testing.assert_close(norms[f"mlp.{i}"], layer.mlp.down_proj.weight.double().norm(dim=0).float())
-    norms = scoring.weight_norms(model, adapter, "hidden")
+    norms = targets.get("hidden").weight_norms(model, adapter)
     assert list(norms) == ["hidden.0", "hidden.1", "hidden.2"]
     for i, layer in enumerate(layers):
         attn_scale = offset + layer.input_layernorm.weight
@@ -379,27 +373,27 @@ def fake_stats(widths, seed=0):
 
 def test_wanda_scores_are_activation_rms_times_weight_norm(tiny_model):
     model, adapter = tiny_model
-    norms = scoring.weight_norms(model, adapter, "mlp")
+    norms = targets.get("mlp").weight_norms(model, adapter)
     stats = fake_stats({"mlp.1": 48, "mlp.0": 48})
-    scores = scoring.group_scores(stats, "wanda", "mlp", norms)
+    scores = scoring.group_scores(stats, scoring.get("wanda"), targets.get("mlp"), weight_norms=norms)
     assert list(scores) == ["mlp.0", "mlp.1"]
     for point in scores:
         torch.testing.assert_close(scores[point], (stats[point]["sum_sq"] / 4).sqrt() * norms[point])
-    norms = scoring.weight_norms(model, adapter, "hidden")
+    norms = targets.get("hidden").weight_norms(model, adapter)
     stats = fake_stats({f"hidden.{i}": 32 for i in range(3)})
     per_point = [(stats[p]["sum_sq"] / 4).sqrt() * norms[p] for p in sorted(stats)]
     want = torch.stack([s / s.mean() for s in per_point]).mean(dim=0)
-    torch.testing.assert_close(scoring.group_scores(stats, "wanda", "hidden", norms)["hidden"], want)
+    torch.testing.assert_close(scoring.group_scores(stats, scoring.get("wanda"), targets.get("hidden"), weight_norms=norms)["hidden"], want)
     with pytest.raises(ValueError, match="wanda' needs weight_norms"):
-        scoring.group_scores(stats, "wanda", "hidden")
+        scoring.group_scores(stats, scoring.get("wanda"), targets.get("hidden"))
     with pytest.raises(ValueError, match=r"weight_norms\['hidden.2'\]: missing"):
-        scoring.group_scores(stats, "wanda", "hidden", {k: v for k, v in norms.items() if k != "hidden.2"})
+        scoring.group_scores(stats, scoring.get("wanda"), targets.get("hidden"), weight_norms={k: v for k, v in norms.items() if k != "hidden.2"})
 
 
 def magnitude_masks(model, adapter, target, sparsity, **rules):
     """method=magnitude: the target's weight norms as the one score set, through build_masks."""
-    scores = scoring.magnitude_scores(scoring.weight_norms(model, adapter, target), target)
-    return vote.build_masks({"magnitude": scores}, sparsity=sparsity, target=target, **rules)[0]
+    scores = methods.magnitude_scores(targets.get(target), model, adapter, {}, None, 0)
+    return vote.build_masks(scores, sparsity=sparsity, **rules)[0]
 
 
 def test_magnitude_masks_keep_the_largest_weight_norms(tiny_model):
@@ -408,7 +402,7 @@ def test_magnitude_masks_keep_the_largest_weight_norms(tiny_model):
     for i, layer in enumerate(model.model.layers):
         direct = layer.mlp.down_proj.weight.double().norm(dim=0)
         assert masks[f"mlp.{i}"].tolist() == vote.top_k_mask(direct, 36).tolist()
-    norms = scoring.weight_norms(model, adapter, "hidden")
+    norms = targets.get("hidden").weight_norms(model, adapter)
     hidden = magnitude_masks(model, adapter, "hidden", 0.25)
     want = torch.stack([n / n.mean() for n in norms.values()]).mean(dim=0)
     assert hidden["hidden"].tolist() == vote.top_k_mask(want, 24).tolist()

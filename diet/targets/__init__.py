@@ -2,11 +2,12 @@
 
 A target knows, through the family adapter (which alone knows module names):
   hook_points   the modules whose first input the profile stage records, keyed by hook point
-  reduce_stats  per-element statistics -> per-dimension ones (identity except for heads)
+  group_sizes   channels per dimension at each hook point (a head is head_dim channels; 1 elsewhere)
   widths        the mask groups and the length of each mask (what mask.safetensors holds)
-  weight_norms  per-dimension L2 norm of the weights touching each dimension (wanda, magnitude)
+  weight_norms  per-channel L2 norm of the weights touching each channel (wanda, magnitude)
   aggregate     per-hook-point scores -> one score vector per mask group
-  vote          scores per task -> (masks, per-task masks, votes) through `vote.build_masks`
+  vote          scores per task -> (masks, per-task masks, votes) through `vote.build_masks` under `vote.Rules`
+  compensate    fold removed channels' mean inputs into a bias before slicing (prune.compensation=mean)
   prune / zero_masked   physical slicing, and the dense model with those dimensions zeroed (what tests compare to)
   restore       re-apply per-layer widths stored in a saved config (used by `prune.load_pruned`)
 
@@ -36,12 +37,16 @@ def get(name: str, **options) -> Target:
     return TARGETS[name](**options)
 
 
-def widths(model, adapter, target) -> dict[str, int]:
-    """Every mask key `target` (a name or a list of names) needs and its length: the one place widths are computed."""
-    out: dict[str, int] = {}
-    for name in names(target):
-        out.update(get(name).widths(model, adapter))
-    return out
+def objects(target) -> list[Target]:
+    """Target objects from a Target, a name, or a list of either (names get default options): what library calls
+    (prune_model, profile_texts) accept; a run passes the objects its plan built."""
+    items = target if isinstance(target, (list, tuple)) else [target]
+    return [get(t) if isinstance(t, str) else t for t in items]
+
+
+def widths(model, adapter, chosen) -> dict[str, int]:
+    """Every mask key the targets `chosen` (Target objects) need and its length."""
+    return {key: width for target in chosen for key, width in target.widths(model, adapter).items()}
 
 
 def owner(key: str) -> str:
@@ -49,4 +54,4 @@ def owner(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-__all__ = ["TARGETS", "Target", "get", "group_index", "names", "owner", "widths"]
+__all__ = ["TARGETS", "Target", "get", "group_index", "names", "objects", "owner", "widths"]

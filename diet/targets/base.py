@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diet import DietError, vote
+
 
 def group_index(key: str) -> int:
     """Layer index of a per-layer key (`mlp.3` -> 3)."""
@@ -11,13 +13,28 @@ def group_index(key: str) -> int:
 
 
 class Target:
-    """One prunable kind of dimension. Subclasses set `name` and implement the methods below (see the package
-    docstring); `options` are target-specific settings from the config (e.g. heads' `gqa`)."""
+    """One prunable kind of dimension, with its settings: `sparsity` (the fraction of its dimensions removed) and
+    the options it declares in `options` ({option: (key under prune., Option)}, e.g. heads' gqa). Subclasses set
+    `name` and implement the methods below (see the package docstring)."""
 
     name = ""
+    hook_kind = "input"       # where its statistics are recorded (diet/stats.py HOOK_KINDS)
+    options: dict = {}
+    stats_layout = None       # a profile cache key field, set when what a hook point stores changed (heads)
+    compensable = False       # implements `compensation`
 
-    def __init__(self, **options):
-        self.options = options
+    def __init__(self, sparsity: float = 0.0, **options):
+        self.sparsity = float(sparsity)
+        self.settings = {key: options.get(key, option.default) for key, (_, option) in self.options.items()}
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"target {self.name!r} has no option {unknown[0]!r}")
+        for key, (config_key, option) in self.options.items():
+            if not option.check(self.settings[key]):
+                raise DietError(f"prune.{config_key}: {self.settings[key]!r} is not allowed; allowed: {option.allowed}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sparsity={self.sparsity}, {self.settings})"
 
     # profile
     def hook_points(self, model, adapter) -> dict[str, nn.Module]:
@@ -25,18 +42,19 @@ class Target:
         raise NotImplementedError
 
     def point_width(self, module: nn.Module, model, adapter) -> int:
-        """Width of the activation recorded at `module` (per element, before `reduce_stats`)."""
+        """Width of the activation recorded at `module` (channels, before any grouping into dimensions)."""
         raise NotImplementedError
 
-    def reduce_stats(self, model, adapter, stats: dict[str, dict[str, torch.Tensor]]) -> dict:
-        """Per-element statistics of each hook point -> per-dimension statistics (identity by default)."""
-        return stats
+    def group_sizes(self, model, adapter) -> dict[str, int]:
+        """Channels per dimension at each hook point (a head is head_dim channels); 1 where absent."""
+        return {}
 
     # masks
     def widths(self, model, adapter) -> dict[str, int]:
         raise NotImplementedError
 
     def weight_norms(self, model, adapter) -> dict[str, torch.Tensor]:
+        """Per-channel L2 norm of the weights touching each channel, keyed like the hook points."""
         raise NotImplementedError
 
     def aggregate(self, per_point: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -47,11 +65,10 @@ class Target:
         """The kept-width granularity this target uses, given `prune.multiple_of`."""
         return multiple_of
 
-    def vote(self, model, adapter, scores: dict[str, dict[str, torch.Tensor]], **rules):
-        """(final masks, per-task masks, votes) from {task: {group: score}}; `rules` go to `vote.build_masks`."""
-        from diet import vote
-
-        return vote.build_masks(scores, target=self.name, **rules)
+    def vote(self, model, adapter, scores: dict[str, dict[str, torch.Tensor]], rules):
+        """(final masks, per-task masks, votes) from {task: {group: score}} under `rules` (a `vote.Rules`)."""
+        return vote.build_masks(scores, sparsity=self.sparsity, **rules.kwargs(self.multiple_of(
+            model, adapter, rules.multiple_of)))
 
     # physical removal
     def check(self, model, adapter, masks: dict[str, torch.Tensor]) -> None:
@@ -60,6 +77,13 @@ class Target:
     def prune(self, model, adapter, kept: dict[str, torch.Tensor]) -> None:
         """Remove everything not in `kept` (indices per mask key, CPU int64), in place."""
         raise NotImplementedError
+
+    def compensation(self, model, adapter, kept: dict[str, torch.Tensor], mean_inputs: dict[str, torch.Tensor]
+                     ) -> dict[tuple[int, str], torch.Tensor]:
+        """{(layer index, block): delta}: what the removed channels' mean input contributes through their weights,
+        to add to the bias of that block's output projection before `prune`, so the pruned model computes the
+        dense one with those inputs held at their mean (`prune.compensation=mean`)."""
+        raise DietError(f"prune.compensation: not supported for prune.target={self.name}; allowed: none")
 
     def zero_masked(self, model, adapter, masks: dict[str, torch.Tensor]) -> None:
         """Zero the removed dimensions of a dense model in place: what `prune` must reproduce exactly."""
@@ -102,6 +126,12 @@ def keep_norm(norm: nn.Module, indices: torch.Tensor, offset: float, divisor: fl
     if divisor != 1.0:
         weight = ((offset + weight.float()) / divisor - offset).to(weight.dtype)
     set_parameter(norm, "weight", weight)
+
+
+def removed_contribution(linear: nn.Linear, removed: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """W[:, removed] @ mean[removed] in float32: the output a projection gets from inputs held at their mean."""
+    removed = removed.to(linear.weight.device)
+    return linear.weight.detach()[:, removed].float() @ mean.to(linear.weight.device).float()[removed]
 
 
 def column_sq_norms(weight: torch.Tensor, rows_per_chunk: int = 4096) -> torch.Tensor:

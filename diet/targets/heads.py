@@ -1,11 +1,11 @@
 """target=heads: the attention heads of each layer. Mask groups `heads.<i>`, bool, length num_attention_heads.
 
 Profile: hook point `heads.<i>` is the input of layer i's o_proj (the concatenated head outputs, width
-num_heads * head_dim). The per-element sums are reduced per head (`reduce_stats`): sum_abs and sum_sq are summed
-over the head's head_dim elements, max_abs is their max, count is the token count. So act_l1 = mean over tokens
-of the L1 norm of the head's output, act_l2 = the RMS over tokens of its L2 norm, act_max = its largest element.
-Weight norm (wanda): the Frobenius norm of the head's head_dim columns of o_proj (the weights that write the
-head's output), so wanda = act_l2 * that norm, the per-head form of the per-neuron rule.
+num_heads * head_dim), recorded per channel. A head is head_dim consecutive channels (`group_sizes`); each scoring
+declares how its per-channel scores become the head's (diet/scoring.py): act_l1 sums them (= mean over tokens of
+the L1 norm of the head's output), act_l2 takes their L2 norm (= the RMS over tokens of the head output's L2
+norm), act_max their max. Weight norms are per channel (o_proj's column norms); wanda reduces statistics and
+norms to the head first: the head's RMS L2 norm times the Frobenius norm of its o_proj columns.
 
 Grouped-query attention (`prune.heads_gqa`), for a layer of H query heads in K key/value groups of H/K each:
   per_group (default): every KV group keeps the same number of query heads, and every group keeps at least
@@ -33,8 +33,9 @@ import math
 
 import torch
 
-from diet import DietError
-from diet.targets.base import Target, column_sq_norms, group_index, keep_inputs, keep_outputs
+from diet import DietError, vote
+from diet.options import Option
+from diet.targets.base import Target, column_sq_norms, keep_inputs, keep_outputs, removed_contribution
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,13 @@ def set_head_counts(model, adapter, kept_heads: list[torch.Tensor]) -> None:
 
 class HeadsTarget(Target):
     name = "heads"
+    stats_layout = "per_channel"   # per head until diet 0.1's first heads version: those cache entries do not fit
+    compensable = True
+    options = {"gqa": ("heads_gqa", Option("per_group", lambda v: v in GQA_MODES, ", ".join(GQA_MODES)))}
 
-    def __init__(self, gqa: str = "per_group", **options):
-        if gqa not in GQA_MODES:
-            raise DietError(f"prune.heads_gqa: {gqa!r} is not allowed; allowed: {', '.join(GQA_MODES)}")
-        super().__init__(gqa=gqa, **options)
-        self.gqa = gqa
+    @property
+    def gqa(self) -> str:
+        return self.settings["gqa"]
 
     def hook_points(self, model, adapter):
         return {f"heads.{i}": adapter.attention_projections(layer)[3]
@@ -92,41 +94,27 @@ class HeadsTarget(Target):
     def point_width(self, module, model, adapter) -> int:
         return module.in_features
 
-    def reduce_stats(self, model, adapter, stats):
-        layers = adapter.decoder_layers(model)
-        out = {}
-        for point, sums in stats.items():
-            head_dim = adapter.layer_head_dim(layers[group_index(point)])
-            out[point] = {
-                "sum_abs": sums["sum_abs"].reshape(-1, head_dim).sum(dim=1),
-                "sum_sq": sums["sum_sq"].reshape(-1, head_dim).sum(dim=1),
-                "max_abs": sums["max_abs"].reshape(-1, head_dim).amax(dim=1),
-                "count": sums["count"],
-            }
-        return out
+    def group_sizes(self, model, adapter):
+        return {f"heads.{i}": adapter.layer_head_dim(layer) for i, layer in enumerate(adapter.decoder_layers(model))}
 
     def widths(self, model, adapter):
         return {f"heads.{i}": adapter.num_heads(layer) for i, layer in enumerate(adapter.decoder_layers(model))}
 
     @torch.no_grad()
     def weight_norms(self, model, adapter):
-        norms = {}
-        for i, layer in enumerate(adapter.decoder_layers(model)):
-            o = adapter.attention_projections(layer)[3]
-            per_column = column_sq_norms(o.weight)
-            norms[f"heads.{i}"] = per_column.reshape(-1, adapter.layer_head_dim(layer)).sum(dim=1).sqrt().cpu()
-        return norms
+        """Per channel of o_proj's input: its column's L2 norm (a head's is the L2 norm of its head_dim ones)."""
+        return {f"heads.{i}": column_sq_norms(adapter.attention_projections(layer)[3].weight).sqrt().cpu()
+                for i, layer in enumerate(adapter.decoder_layers(model))}
 
     def _group_size(self, model, adapter) -> dict[str, int]:
         """Query heads per KV group, per mask key."""
         return {f"heads.{i}": adapter.num_heads(layer) // adapter.num_kv_heads(layer)
                 for i, layer in enumerate(adapter.decoder_layers(model))}
 
-    def vote(self, model, adapter, scores, **rules):
-        from diet import vote
-
+    def vote(self, model, adapter, scores, rules):
         size = self._group_size(model, adapter)
-        rules = {**rules, "target": self.name}
+        by_votes = rules.vote_method != "mean_score"
+        rules = {**rules.kwargs(), "sparsity": self.sparsity}
         if self.gqa == "kv_group":
             if all(size[g] == n for g, n in self.widths(model, adapter).items()):
                 log.warning("prune.heads_gqa=kv_group: every layer has a single KV group, which min_keep keeps, so "
@@ -143,13 +131,12 @@ class HeadsTarget(Target):
         n_kv = {g: widths[g] // size[g] for g in widths}
         masks, per_task, votes = vote.build_masks(scores, **{**rules, "multiple_of": math.lcm(*n_kv.values())})
         tasks = sorted(scores)
-        per_task = {t: {g: _balance(m, _order(scores[t][g], None), size[g]) for g, m in per_task[t].items()}
+        per_task = {t: {g: _balance(m, vote.order(scores[t][g], None), size[g]) for g, m in per_task[t].items()}
                     for t in tasks}
         if len(tasks) == 1:
             return dict(per_task[tasks[0]]), per_task, votes
         mean = vote.mean_normalised_scores(scores)
-        by_votes = rules.get("vote_method", "majority") != "mean_score"
-        final = {g: _balance(m, _order(votes[g] if by_votes else mean[g], mean[g] if by_votes else None), size[g])
+        final = {g: _balance(m, vote.order(votes[g] if by_votes else mean[g], mean[g] if by_votes else None), size[g])
                  for g, m in masks.items()}
         return final, per_task, votes
 
@@ -160,6 +147,15 @@ class HeadsTarget(Target):
             if len({c for c in counts if c}) > 1:
                 raise DietError(f"masks[{key!r}]: keeps {counts} query heads per key/value group; allowed: the same "
                                 "number in every group that keeps any (grouped-query attention), whole groups removed")
+
+    def compensation(self, model, adapter, kept, mean_inputs):
+        deltas = {}
+        for i, layer in enumerate(adapter.decoder_layers(model)):
+            o = adapter.attention_projections(layer)[3]
+            removed = torch.ones(o.in_features, dtype=torch.bool)
+            removed[_head_slices(kept[f"heads.{i}"], adapter.layer_head_dim(layer))] = False
+            deltas[(i, "attention")] = removed_contribution(o, removed, mean_inputs[f"heads.{i}"])
+        return deltas
 
     def prune(self, model, adapter, kept):
         set_head_counts(model, adapter, [kept[f"heads.{i}"] for i in range(len(adapter.decoder_layers(model)))])
@@ -177,14 +173,6 @@ class HeadsTarget(Target):
         # built with the largest counts; which rows survive does not matter, the checkpoint's weights come next
         for layer, n, n_kv in zip(adapter.decoder_layers(model), heads, kv_heads):
             _keep_heads(adapter, layer, torch.arange(n), torch.arange(n_kv))
-
-
-def _order(primary: torch.Tensor, secondary: torch.Tensor | None) -> torch.Tensor:
-    from diet.vote import rank
-
-    if secondary is None:
-        return torch.sort(primary, descending=True, stable=True).indices
-    return rank(primary, secondary)
 
 
 def _balance(mask: torch.Tensor, order: torch.Tensor, group_size: int) -> torch.Tensor:

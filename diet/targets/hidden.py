@@ -19,8 +19,9 @@ import math
 
 import torch
 
-from diet.targets.base import (Target, column_sq_norms, keep_inputs, keep_norm, keep_outputs, norm_scale, scaled,
-                               set_parameter)
+from diet import vote
+from diet.targets.base import (Target, column_sq_norms, group_index, keep_inputs, keep_norm, keep_outputs,
+                               norm_scale, scaled, set_parameter)
 
 
 class HiddenTarget(Target):
@@ -39,10 +40,8 @@ class HiddenTarget(Target):
         return {"hidden": adapter.hidden_size(model)}
 
     def aggregate(self, per_point):
-        from diet.vote import normalise
-
-        points = sorted(per_point, key=lambda p: int(p.rsplit(".", 1)[1]))
-        return {"hidden": torch.stack([normalise(per_point[p]) for p in points]).mean(dim=0)}
+        points = sorted(per_point, key=group_index)
+        return {"hidden": torch.stack([vote.normalise(per_point[p]) for p in points]).mean(dim=0)}
 
     def multiple_of(self, model, adapter, multiple_of: int) -> int:
         # transformers refuses to save or load a config whose hidden_size is not a multiple of num_attention_heads

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from diet.targets.base import Target, column_sq_norms, keep_inputs, keep_outputs
+from diet.targets.base import Target, column_sq_norms, keep_inputs, keep_outputs, removed_contribution
 
 
 def set_mlp_width(model, adapter, kept: list[torch.Tensor]) -> None:
@@ -31,6 +31,7 @@ def set_mlp_width(model, adapter, kept: list[torch.Tensor]) -> None:
 
 class MlpTarget(Target):
     name = "mlp"
+    compensable = True
 
     def hook_points(self, model, adapter):
         return {f"mlp.{i}": adapter.mlp_projections(layer)[2] for i, layer in enumerate(adapter.decoder_layers(model))}
@@ -45,6 +46,15 @@ class MlpTarget(Target):
     def weight_norms(self, model, adapter):
         return {f"mlp.{i}": column_sq_norms(adapter.mlp_projections(layer)[2].weight).sqrt().cpu()
                 for i, layer in enumerate(adapter.decoder_layers(model))}
+
+    def compensation(self, model, adapter, kept, mean_inputs):
+        deltas = {}
+        for i, layer in enumerate(adapter.decoder_layers(model)):
+            down = adapter.mlp_projections(layer)[2]
+            removed = torch.ones(down.in_features, dtype=torch.bool)
+            removed[kept[f"mlp.{i}"]] = False
+            deltas[(i, "mlp")] = removed_contribution(down, removed, mean_inputs[f"mlp.{i}"])
+        return deltas
 
     def prune(self, model, adapter, kept):
         set_mlp_width(model, adapter, [kept[f"mlp.{i}"] for i in range(len(adapter.decoder_layers(model)))])

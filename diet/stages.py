@@ -1,0 +1,143 @@
+"""The stages of a run, as run.py calls them: tasks -> calibration -> model -> transform -> profile -> vote -> prune
+-> evaluate. Each is a plain function of the plan's objects (`config.Plan`) and what earlier stages returned; none
+reads the Hydra config, logs to W&B or writes into the run directory (run.py hands results to the recorder).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diet import DietError, evaluate, profile as profile_lib, prune as prune_lib, vote as vote_lib
+from diet.tasks import calibration, load_tasks
+
+log = logging.getLogger("diet")
+
+
+def tasks(plan, *, data_dir: Path, local_dir: str | None) -> dict:
+    """The lm-eval task objects of the profiling mix and the evaluation tasks, keyed by name."""
+    names = sorted(set(plan.profile_tasks) | set(plan.eval_tasks))
+    return load_tasks(names, data_dir=str(data_dir), local_dir=local_dir,
+                      keys={n: "eval.tasks" for n in plan.eval_tasks if n not in plan.profile_tasks})
+
+
+def calibrate(plan, task_objects: dict) -> dict:
+    """The calibration sets the method asks for: one per task, one pooled `generic` set, or none."""
+    kind = plan.method.calibration_for(plan.calib["source"])
+    chosen = {n: task_objects[n] for n in plan.profile_tasks}
+    n, seed, with_target = plan.calib["n_samples"], plan.seed, plan.calib["include_target"]
+    if kind == "none":
+        return {}
+    if kind == "pooled":
+        return {"generic": calibration.generic_calibration_set(chosen, n, seed, with_target)}
+    return {name: calibration.calibration_set(task, n, seed, with_target) for name, task in chosen.items()}
+
+
+def held_out_docs(calib_sets: dict) -> dict[str, list[int]]:
+    """Per task, the documents calibration took from the evaluated split (they are excluded from evaluation)."""
+    return {part.task: part.doc_ids for c in calib_sets.values() for part in (c.parts.values() or [c])
+            if part.held_out_of_eval}
+
+
+def exclude_calibration(task_objects: dict, calib_sets: dict) -> None:
+    for calib_set in calib_sets.values():
+        calibration.exclude_calibration_docs(task_objects, calib_set)
+
+
+def profile(plan, loaded, calib_sets: dict, *, cache_dir: Path, dtype: str, offload_device=None):
+    """The declared statistics of every calibration set at every target's hook points: (stats, {set: hit|miss})."""
+    return profile_lib.profile_sets(loaded, calib_sets, plan.targets, cache_dir, plan.calib, seed=plan.seed,
+                                    dtype=dtype, statistics=plan.statistics, offload_device=offload_device)
+
+
+@dataclass
+class Votes:
+    masks: dict                 # the merged mask per key (what gets pruned)
+    per_task: dict              # {task: {key: mask}}: each task's own mask (empty when nothing was voted)
+    votes: dict                 # {key: how many tasks kept each dimension}
+    mean_scores: dict | None    # {key: mean normalised score}, for the plots (None when scores mean nothing)
+
+
+def vote(plan, loaded, stats: dict) -> Votes:
+    """The vote stage: each target's scores from the method, voted into masks by the target under the plan's
+    rules; a target that rounding leaves unpruned is an error, a budget missed by more than 0.05 a warning."""
+    model, adapter = loaded.model, loaded.adapter
+    if warning := prune_lib.gpu_alignment_warning(profile_lib.input_device(model, adapter), plan.rules.multiple_of):
+        log.warning(warning)
+    out = Votes({}, {}, {}, {})
+    for target in plan.targets:
+        own = {task: {p: s for p, s in task_stats.items() if p.split(".", 1)[0] == target.name}
+               for task, task_stats in stats.items()}
+        scores = plan.method.scores(target, model, adapter, own, plan.scoring, plan.seed)
+        widths = target.widths(model, adapter)
+        for task_scores in scores.values():
+            for group, score in task_scores.items():
+                if score.numel() != widths[group]:
+                    raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
+                                    f"has {widths[group]}; delete the stale cache under cache_dir")
+        masks, per_task, votes = target.vote(model, adapter, scores, plan.rules)
+        check_budget(target, masks, target.multiple_of(model, adapter, plan.rules.multiple_of))
+        out.masks.update(masks)
+        if len(scores) > 1:
+            for task, task_masks in per_task.items():
+                out.per_task.setdefault(task, {}).update(task_masks)
+            out.votes.update(votes)
+        if plan.method.uses_scores_for_plots:
+            out.mean_scores.update(vote_lib.mean_normalised_scores(scores))
+    out.mean_scores = out.mean_scores or None
+    return out
+
+
+def check_budget(target, masks: dict, multiple_of: int) -> None:
+    """Rounding to allowed widths must not leave a target unpruned, and should land near its sparsity."""
+    achieved = vote_lib.achieved_sparsity(masks)
+    widths = sorted({m.numel() for m in masks.values()})
+    if target.sparsity > 0 and achieved == 0:
+        raise DietError(
+            f"prune.multiple_of: {multiple_of} leaves prune.target={target.name} unpruned at sparsity "
+            f"{target.sparsity} (widths {', '.join(map(str, widths))}; each keeps a multiple of {multiple_of} or its "
+            "full width); allowed: a smaller prune.multiple_of (1 = exact) or a larger sparsity")
+    if abs(achieved - target.sparsity) > 0.05:
+        log.warning("prune: %s removes %.4g of its dimensions, %.4g requested (kept widths are multiples of %d; "
+                    "prune.multiple_of=1 is exact)", target.name, achieved, target.sparsity, multiple_of)
+
+
+def prune(plan, loaded, masks: dict, stats: dict) -> int:
+    """Remove the masked dimensions in place (compensating them when the plan says so); the pruned parameter
+    count."""
+    prune_lib.prune_model(loaded.model, loaded.adapter, masks, plan.targets, compensation=plan.compensation,
+                          stats=stats)
+    return prune_lib.count_params(loaded.model)
+
+
+def per_task_eval(plan, loaded, per_task_masks: dict, stats: dict, task_objects: dict, eval_kwargs: dict,
+                  timings: dict) -> tuple[dict, int]:
+    """The task-aware upper reference: each task evaluated on a copy of the model pruned with its own mask.
+    Returns (metrics, the largest pruned parameter count); adds prune and eval seconds to `timings`."""
+    missing = [t for t in plan.eval_tasks if t not in per_task_masks]
+    if missing:
+        raise DietError(f"eval.tasks: {missing} have no mask of their own with method=per_task; allowed: tasks that "
+                        f"are also in tasks.names ({', '.join(per_task_masks)})")
+    metrics, params = {}, {}
+    timings["prune"] = timings["eval"] = 0.0
+    for task in plan.eval_tasks:
+        t = time.perf_counter()
+        copied = copy.copy(loaded)
+        copied.model = copy.deepcopy(loaded.model)
+        params[task] = prune(plan, copied, per_task_masks[task], stats)
+        timings["prune"] += time.perf_counter() - t
+        t = time.perf_counter()
+        metrics.update(evaluate.evaluate(copied.model, loaded.tokenizer, [task_objects[task]], **eval_kwargs)["metrics"])
+        timings["eval"] += time.perf_counter() - t
+        del copied
+    log.info("per_task: pruned parameters per task %s", params)
+    return metrics, max(params.values())
+
+
+def offload_device(model_cfg, device: torch.device):
+    """Where layer-by-layer profiling runs when the model stays in CPU memory (model.offload), else None."""
+    return device if model_cfg.get("offload") else None

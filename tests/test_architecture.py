@@ -1,0 +1,229 @@
+"""The pieces the literature's methods plug into: declared statistics, the plan, transforms, layer-io hooks."""
+import copy
+import dataclasses
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diet import DietError, config, methods, profile, scoring, stats, targets, transforms
+from diet.models import LoadedModel
+from diet.models.adapters import get_adapter
+from diet.options import Option
+from diet.targets.base import Target
+from diet.tasks.calibration import CalibrationSet
+
+TEXTS = ["The capital of France is Paris.", "3 + 4 = 7", "hot cold", "A man is sitting on a roof of a house."]
+CALIB = {"n_samples": 4, "max_length": 32, "include_target": True, "batch_size": 3, "fused_stats": False}
+
+
+def captured_inputs(model, modules, texts, tokenizer):
+    """Reference: each text alone (no padding), every input of each module kept."""
+    seen = {name: [] for name in modules}
+    handles = [m.register_forward_pre_hook(lambda _m, args, kwargs, n=name: seen[n].append(
+        (args[0] if args else kwargs["hidden_states"])[0].double()), with_kwargs=True) for name, m in modules.items()]
+    with torch.no_grad():
+        for text in texts:
+            model(input_ids=tokenizer(text, return_tensors="pt")["input_ids"])
+    for h in handles:
+        h.remove()
+    return {name: torch.cat(xs) for name, xs in seen.items()}
+
+
+def test_a_declared_statistic_is_collected_beside_the_base_set_and_matches_a_naive_sum(tiny_models):
+    model, tokenizer = tiny_models["tiny_llama"]
+    adapter = get_adapter(model)
+    mlp = targets.get("mlp")
+    got = profile.profile_texts(model, adapter, tokenizer, TEXTS, mlp, max_length=32, batch_size=3,
+                                statistics=("sum",))
+    want = captured_inputs(model, mlp.hook_points(model, adapter), TEXTS, tokenizer)
+    for point, x in want.items():
+        assert sorted(got[point]) == sorted([*stats.BASE, "sum"])
+        torch.testing.assert_close(got[point]["sum"].double(), x.sum(dim=0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[point]["sum_abs"].double(), x.abs().sum(dim=0), rtol=1e-5, atol=1e-5)
+    plain = profile.profile_texts(model, adapter, tokenizer, TEXTS, mlp, max_length=32, batch_size=3)
+    assert all("sum" not in point_stats for point_stats in plain.values())
+
+
+def test_the_cache_key_records_extra_statistics_only_and_keeps_todays_keys(tiny_models):
+    mlp, heads = targets.get("mlp"), targets.get("heads")
+    args = ("fingerprint", "demo_sums", TEXTS, mlp, CALIB)
+    today = profile.cache_key(*args, seed=0, dtype="float32", fused=False)
+    # the fields every cache entry written before statistics were declared has: those entries keep hitting
+    assert sorted(today) == sorted(["model", "task", "n_samples", "seed", "max_length", "include_target",
+                                    "batch_size", "dtype", "target", "texts_sha256", "stats_kernel", "diet"])
+    assert profile.cache_key(*args, seed=0, dtype="float32", fused=False, statistics=stats.BASE) == today
+    with_sum = profile.cache_key(*args, seed=0, dtype="float32", fused=False, statistics=("sum", "count"))
+    assert with_sum == {**today, "stats": ["sum"]}
+    # a layer-io statistic is not recorded at mlp's input hooks, so mlp's entry does not change for it
+    assert profile.cache_key(*args, seed=0, dtype="float32", fused=False, statistics=("layer_cos",)) == today
+    # heads' statistics are per channel now: their per-head entries of earlier versions must not be read
+    assert profile.cache_key("fingerprint", "demo_sums", TEXTS, heads, CALIB, seed=0, dtype="float32",
+                             fused=False)["stats_layout"] == "per_channel"
+
+
+class DecoderLayers(Target):
+    """A test target recorded at each decoder layer's input and output (what target=layers will be)."""
+    name = "layers"
+    hook_kind = "layer_io"
+
+    def hook_points(self, model, adapter):
+        return {f"layers.{i}": layer for i, layer in enumerate(adapter.decoder_layers(model))}
+
+    def point_width(self, module, model, adapter):
+        return adapter.hidden_size(model)
+
+
+def test_layer_io_statistics_see_each_layers_input_and_output(tiny_models):
+    model, tokenizer = tiny_models["tiny_gemma2"]
+    adapter = get_adapter(model)
+    got = profile.profile_texts(model, adapter, tokenizer, TEXTS, [targets.get("mlp"), DecoderLayers()],
+                                max_length=32, batch_size=3, statistics=("layer_cos",))
+    layers = adapter.decoder_layers(model)
+    inputs = captured_inputs(model, {i: layer for i, layer in enumerate(layers)}, TEXTS, tokenizer)
+    outputs = {i: [] for i in range(len(layers))}
+    handles = [layer.register_forward_hook(lambda _m, _a, out, i=i: outputs[i].append(
+        (out[0] if isinstance(out, tuple) else out)[0].double())) for i, layer in enumerate(layers)]
+    with torch.no_grad():
+        for text in TEXTS:
+            model(input_ids=tokenizer(text, return_tensors="pt")["input_ids"])
+    for h in handles:
+        h.remove()
+    for i in range(len(layers)):
+        cos = torch.nn.functional.cosine_similarity(inputs[i], torch.cat(outputs[i]), dim=-1)
+        point = got[f"layers.{i}"]
+        assert sorted(point) == ["count", "layer_cos"]  # input-hook statistics are not recorded there
+        assert point["count"].item() == inputs[i].shape[0]
+        torch.testing.assert_close(point["layer_cos"].double(), cos.sum().reshape(1), rtol=1e-4, atol=1e-4)
+    assert "layer_cos" not in got["mlp.0"] and "sum_abs" in got["mlp.0"]
+
+
+def test_a_per_channel_scoring_reduces_to_heads_after_scoring():
+    """A scoring declared with group_reduce=sum scores channels and sums them per head (FLAP, Wanda-sp style)."""
+    per_channel = scoring.Scoring("channel_mean", lambda s, norms: s["sum"] / s["count"], ("sum", "count"))
+    point = {"sum": torch.tensor([1.0, -3.0, 2.0, 2.0, 0.0, 8.0]), "count": torch.tensor([2.0])}
+    assert scoring.point_score(point, per_channel, group_size=2).tolist() == [-1.0, 2.0, 4.0]
+    mean = dataclasses.replace(per_channel, group_reduce="max")
+    assert scoring.point_score(point, mean, group_size=3).tolist() == [1.0, 4.0]
+
+
+def compose(*overrides):
+    return config.compose(["model=tiny_llama", "tasks=demo", *overrides])
+
+
+def test_the_plan_resolves_objects_once():
+    plan = config.plan(compose("prune.target=[mlp,heads]", "prune.sparsity_per_target.heads=0.5",
+                               "prune.heads_gqa=kv_group", "sparsity=0.25", "scoring=act_max", "vote.method=borda"))
+    assert [type(t).__name__ for t in plan.targets] == ["MlpTarget", "HeadsTarget"]
+    assert [t.sparsity for t in plan.targets] == [0.25, 0.5]
+    assert plan.targets[1].gqa == "kv_group"
+    assert plan.method is methods.METHODS["diet"] and plan.scoring is scoring.SCORINGS["act_max"]
+    assert plan.rules.vote_method == "borda" and plan.target_label == "mlp+heads"
+    assert plan.statistics == stats.BASE and plan.transform is transforms.TRANSFORMS["none"]
+    assert config.plan(compose("prune.compensation=mean")).statistics == stats.resolve(["sum"])
+
+
+def test_method_options_are_declared_and_checked_by_the_method(monkeypatch):
+    declared = dataclasses.replace(methods.METHODS["diet"], name="optioned",
+                                   options={"alpha": Option(0.5, lambda v: isinstance(v, float), "a float")})
+    monkeypatch.setitem(methods.METHODS, "optioned", declared)
+    cfg = compose()
+    cfg.method = OmegaConf.create({"name": "optioned"})
+    assert config.plan(cfg).method_options == {"alpha": 0.5}
+    cfg.method = OmegaConf.create({"name": "optioned", "alpha": 2.0})
+    assert config.plan(cfg).method_options == {"alpha": 2.0}
+    cfg.method = OmegaConf.create({"name": "optioned", "alpha": "big"})
+    with pytest.raises(DietError, match=r"^method.alpha: 'big' is not allowed with method=optioned; allowed: a float$"):
+        config.plan(cfg)
+    cfg.method = OmegaConf.create({"name": "optioned", "alpah": 1.0})
+    with pytest.raises(DietError, match=r"^method.alpah: unknown key for method=optioned; allowed: method.alpha$"):
+        config.plan(cfg)
+    with pytest.raises(DietError, match=r"^scoring.p: unknown key for scoring=act_l2; allowed: none"):
+        config.plan(compose("+scoring.p=3"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["prune.heads_gqa=per_head"], r"^prune.heads_gqa: 'per_head' is not allowed; allowed: per_group, kv_group$"),
+    (["prune.compensation=median"], r"^prune.compensation: 'median' is not allowed; allowed: none, mean$"),
+    (["prune.target=hidden", "prune.compensation=mean"],
+     r"^prune.compensation: 'mean' is not allowed; allowed: none with prune.target=hidden"),
+])
+def test_bad_target_options_are_one_line(overrides, message):
+    with pytest.raises(DietError, match=message):
+        config.plan(compose(*overrides))
+
+
+def test_a_transform_changes_the_fingerprint_so_caches_never_mix_bases(tiny_models, tmp_path):
+    model, tokenizer = tiny_models["tiny_llama"]
+    fresh = lambda: LoadedModel(copy.deepcopy(model), tokenizer, get_adapter(model), "dense")  # noqa: E731
+    loaded = fresh()
+    calib_sets = {"t": CalibrationSet(task="t", texts=TEXTS, split="train", doc_ids=[0, 1, 2, 3],
+                                      held_out_of_eval=False)}
+    seen = []
+
+    def double_down_proj(m, adapter, _tokenizer, sets):
+        seen.append(sorted(sets))
+        with torch.no_grad():
+            for layer in adapter.decoder_layers(m):
+                adapter.mlp_projections(layer)[0].weight.mul_(2.0)  # gate: changes what down_proj sees
+        return {"factor": 2.0}
+
+    assert transforms.TRANSFORMS["none"](loaded, calib_sets) is loaded
+    mlp = [targets.get("mlp")]
+    before, status = profile.profile_sets(loaded, calib_sets, mlp, tmp_path, CALIB, seed=0, dtype="float32")
+    assert status == {"t": "miss"}
+    transformed = transforms.Transform("double", double_down_proj)(loaded, calib_sets)
+    assert seen == [["t"]] and transformed.model is loaded.model and transformed.fingerprint != "dense"
+    after, status = profile.profile_sets(transformed, calib_sets, mlp, tmp_path, CALIB, seed=0, dtype="float32")
+    assert status == {"t": "miss"}  # not the dense model's entry
+    assert not torch.equal(after["t"]["mlp.0"]["sum_sq"], before["t"]["mlp.0"]["sum_sq"])
+    again = transforms.Transform("double", double_down_proj)(fresh(), calib_sets)
+    assert again.fingerprint == transformed.fingerprint  # same base, same transform, same inputs: same key
+    assert profile.profile_sets(again, calib_sets, mlp, tmp_path, CALIB, seed=0, dtype="float32")[1] == {"t": "hit"}
+
+
+QUICK = ["calib.n_samples=6", "calib.max_length=32", "eval.limit=4", "eval.bootstrap_iters=0", "logger=none"]
+
+
+def test_a_target_rounding_leaves_unpruned_is_one_line_and_writes_no_result(tmp_path):
+    from diet import run
+
+    cfg = compose(*QUICK, "prune.target=hidden", "prune.multiple_of=128", "sparsity=0.25",
+                  f"cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(DietError) as err:
+        run.run(cfg, tmp_path / "run")
+    assert str(err.value) == (
+        "prune.multiple_of: 128 leaves prune.target=hidden unpruned at sparsity 0.25 (widths 64; each keeps a "
+        "multiple of 128 or its full width); allowed: a smaller prune.multiple_of (1 = exact) or a larger sparsity")
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "mask.safetensors").exists()
+
+
+def test_a_budget_missed_by_rounding_is_a_warning_and_stage_profile_runs_nothing_else(tmp_path, caplog):
+    from diet import run
+
+    cache_dir = tmp_path / "cache"
+    cfg = compose(*QUICK, "prune.multiple_of=64", "sparsity=0.3", f"cache_dir={cache_dir}")
+    with caplog.at_level("WARNING", logger="diet"):
+        result = run.run(cfg, tmp_path / "run")
+    assert result.sparsity == {"requested": 0.3, "achieved": 0.5}
+    assert "prune: mlp removes 0.5 of its dimensions, 0.3 requested (kept widths are multiples of 64; " \
+           "prune.multiple_of=1 is exact)" in caplog.text
+    profiled = compose(*QUICK, "stage=profile", "eval.dense=true", "seed=1", f"cache_dir={cache_dir}")
+    assert run.run(profiled, tmp_path / "profile") == {"profile_cache": {n: "miss" for n in profiled.tasks.names}}
+    assert not (cache_dir / "dense_eval").exists()  # the stage that only fills the profile cache evaluates nothing
+
+
+def test_act_var_is_each_channels_variance_over_calibration_tokens(tiny_models):
+    model, tokenizer = tiny_models["tiny_llama"]
+    adapter = get_adapter(model)
+    for target in (targets.get("mlp"), targets.get("heads")):
+        chosen = scoring.get("act_var")
+        got = profile.profile_texts(model, adapter, tokenizer, TEXTS, target, max_length=32, batch_size=3,
+                                    statistics=chosen.stats)
+        scores = scoring.group_scores(got, chosen, target, group_sizes=target.group_sizes(model, adapter))
+        inputs = captured_inputs(model, target.hook_points(model, adapter), TEXTS, tokenizer)
+        for point, x in inputs.items():
+            variance = x.var(dim=0, unbiased=False)
+            if target.name == "heads":
+                variance = variance.reshape(-1, model.config.head_dim).sum(dim=1)
+            torch.testing.assert_close(scores[point].double(), variance, rtol=1e-3, atol=1e-6)
