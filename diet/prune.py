@@ -35,11 +35,20 @@ constructor slices each layer's MLP down to its stored width right after the bas
 dtype, tying and buffer initialisation stay transformers' own. No remote code is involved. Plain
 `AutoModelForCausalLM.from_pretrained` loads uniform checkpoints (hidden-pruned ones included); it refuses
 non-uniform ones with a shape mismatch.
+
+Whole layers (`remove_layers`, ShortGPT / SLEB): the decoder keeps the layers `keep`, renumbered (see
+`Adapter.remove_layers`); the model computes exactly the dense model with the removed layers skipped (each one's
+output replaced by its input), KV cache included. The config follows: `num_hidden_layers`, `layer_types` sliced
+so each kept layer keeps its sliding/full type (saved explicitly, which in transformers 5.23 wins over the fields
+it is otherwise derived from), Qwen2's `max_window_layers` recounted, diet's per-layer lists sliced (dropped, with
+the headline value set, when the kept layers agree, so plain loading works again).
+A checkpoint with layers removed and otherwise uniform widths loads with plain `from_pretrained`.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import shutil
 import tempfile
 from pathlib import Path
@@ -134,6 +143,56 @@ def zero_masked_reference(model: nn.Module, adapter: Adapter, masks: dict[str, t
     _kept_indices(model, adapter, masks, target)  # same validation as prune_model
     for name in targets.names(target):
         targets.get(name).zero_masked(model, adapter, masks)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ whole layers
+
+# diet's per-layer config lists, grouped as the targets write them: each beside its headline value (the largest),
+# the lists of a group dropped together when every layer agrees
+_PER_LAYER_GROUPS = (
+    (("intermediate_sizes", "intermediate_size"),),
+    (("attention_heads", "num_attention_heads"), ("key_value_heads", "num_key_value_heads")),
+)
+
+
+def _checked_keep(keep, n_layers: int) -> list[int]:
+    allowed = f"allowed: a non-empty, strictly increasing list of layer indices in 0..{n_layers - 1}"
+    try:
+        items = list(keep)
+        if any(isinstance(i, bool) for i in items):  # a bool mask would read as indices 0 and 1
+            raise TypeError
+        indices = [operator.index(i) for i in items]
+    except TypeError:
+        found = repr(keep) if isinstance(keep, (list, tuple, range, int, str)) else f"a {type(keep).__name__}"
+        raise DietError(f"keep: {found} is not a list of integer layer indices; {allowed}") from None
+    if not indices:
+        raise DietError(f"keep: [] keeps no layer; {allowed}")
+    outside = [i for i in indices if not 0 <= i < n_layers]
+    if outside:
+        raise DietError(f"keep: {indices} holds layer {outside[0]}, out of range for {n_layers} layers; {allowed}")
+    if any(a >= b for a, b in zip(indices, indices[1:])):
+        raise DietError(f"keep: {indices} is not strictly increasing (unsorted or duplicated); {allowed}")
+    return indices
+
+
+@torch.no_grad()
+def remove_layers(model: nn.Module, adapter: Adapter, keep: list[int]) -> nn.Module:
+    """Delete every decoder layer whose index is not in `keep` (sorted, distinct), in place; returns `model`.
+    See the module docstring."""
+    keep = _checked_keep(keep, len(adapter.decoder_layers(model)))
+    adapter.remove_layers(model, keep)
+    config = model.config
+    for group in _PER_LAYER_GROUPS:
+        if not getattr(config, group[0][0], None):
+            continue
+        kept_lists = [[getattr(config, key)[i] for i in keep] for key, _ in group]
+        for (key, headline), values in zip(group, kept_lists):
+            setattr(config, key, values)
+            setattr(config, headline, max(values))
+        if len(set(zip(*kept_lists))) == 1:
+            for key, _ in group:
+                delattr(config, key)
     return model
 
 
