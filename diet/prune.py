@@ -41,8 +41,20 @@ Whole layers (`remove_layers`, ShortGPT / SLEB): the decoder keeps the layers `k
 output replaced by its input), KV cache included. The config follows: `num_hidden_layers`, `layer_types` sliced
 so each kept layer keeps its sliding/full type (saved explicitly, which in transformers 5.23 wins over the fields
 it is otherwise derived from), Qwen2's `max_window_layers` recounted, diet's per-layer lists sliced (dropped, with
-the headline value set, when the kept layers agree, so plain loading works again).
+the headline value set, when the kept layers agree, so plain loading works again) and `added_biases` renumbered.
 A checkpoint with layers removed and otherwise uniform widths loads with plain `from_pretrained`.
+
+Added output biases (`add_output_bias`, FLAP-style compensation adds W[:, removed] @ mean[removed] to the bias
+of o_proj or down_proj): a projection without a bias gets a zero one first (the weight's dtype and device).
+  - Where the family's config has a flag giving that block's projections biases (Llama: `attention_bias`,
+    `mlp_bias`; Gemma-2/3: `attention_bias`), the flag is set and every projection it covers, in every layer,
+    gets a zero bias (q/k/v/o or gate/up/down): the model is then a standard one of its family, and plain
+    `from_pretrained` loads it exactly.
+  - Elsewhere (Gemma's MLP; Qwen2's o_proj and MLP; Mistral) only that projection gets a bias, and
+    `config.added_biases` = {block: [layer indices]} (block "attention" or "mlp") records which; `load_pruned`
+    creates those biases in the same constructor subclass, before the weights load. Plain `from_pretrained`
+    does NOT refuse such a checkpoint: it reports the biases as UNEXPECTED keys, drops them and computes a
+    different model. Load it with `load_pruned`.
 """
 
 from __future__ import annotations
@@ -58,7 +70,7 @@ import transformers
 from torch import nn
 
 from diet import DietError, cache, targets
-from diet.models.adapters import Adapter, get_adapter
+from diet.models.adapters import BLOCKS, Adapter, get_adapter
 
 def gpu_alignment_warning(device: torch.device, multiple_of: int) -> str | None:
     """Unaligned kept widths (11469 of 14336, say) ran 2-3.4x slower than the dense model on an H100 in bf16."""
@@ -193,7 +205,67 @@ def remove_layers(model: nn.Module, adapter: Adapter, keep: list[int]) -> nn.Mod
         if len(set(zip(*kept_lists))) == 1:
             for key, _ in group:
                 delattr(config, key)
+    if getattr(config, "added_biases", None):
+        new_index = {old: new for new, old in enumerate(keep)}
+        renumbered = {block: [new_index[i] for i in layers if i in new_index]
+                      for block, layers in config.added_biases.items()}
+        _set_added_biases(config, renumbered)
     return model
+
+
+# ------------------------------------------------------------------------------------------------ added biases
+
+def _zero_bias(linear: nn.Linear) -> None:
+    weight = linear.weight
+    linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device),
+                               requires_grad=weight.requires_grad)
+
+
+def _set_added_biases(config, record: dict[str, list[int]]) -> None:
+    record = {block: sorted(set(record[block])) for block in BLOCKS if record.get(block)}
+    if record:
+        config.added_biases = record
+    elif hasattr(config, "added_biases"):
+        del config.added_biases
+
+
+@torch.no_grad()
+def add_output_bias(model: nn.Module, adapter: Adapter, layer: int, block: str, delta: torch.Tensor) -> None:
+    """Add `delta` (length: the residual width) to the bias of layer `layer`'s o_proj (block="attention") or
+    down_proj (block="mlp"), in place, creating the bias where there is none. See the module docstring."""
+    layers = adapter.decoder_layers(model)
+    if block not in BLOCKS:
+        raise DietError(f"block: {block!r} is not allowed; allowed: {', '.join(BLOCKS)}")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
+        raise DietError(f"layer: {layer!r} is not allowed; allowed: a layer index in 0..{len(layers) - 1}")
+    projection = adapter.output_projection(layers[layer], block)
+    width = projection.out_features
+    if not isinstance(delta, torch.Tensor) or tuple(delta.shape) != (width,):
+        found = f"shape {tuple(delta.shape)}" if isinstance(delta, torch.Tensor) else f"a {type(delta).__name__}"
+        raise DietError(f"delta: {found} is not allowed; allowed: a 1-D tensor of length {width} (the residual width)")
+    if projection.bias is None:
+        flag = adapter.bias_flags.get(block)
+        if flag:
+            setattr(model.config, flag, True)
+            for each in layers:
+                for linear in adapter.block_projections(each, block):
+                    if linear.bias is None:
+                        _zero_bias(linear)
+        else:
+            _zero_bias(projection)
+            record = dict(getattr(model.config, "added_biases", None) or {})
+            _set_added_biases(model.config, {**record, block: [*record.get(block, []), layer]})
+    bias = projection.bias
+    bias.copy_((bias.float() + delta.to(bias.device).float()).to(bias.dtype))  # one rounding in low precision
+
+
+def _restore_added_biases(model: nn.Module, adapter: Adapter, config) -> None:
+    layers = adapter.decoder_layers(model)
+    for block, indices in (getattr(config, "added_biases", None) or {}).items():
+        for i in indices:
+            projection = adapter.output_projection(layers[i], block)
+            if projection.bias is None:
+                _zero_bias(projection)
 
 
 def count_params(model: nn.Module) -> int:
@@ -232,13 +304,14 @@ def save_pruned(model: nn.Module, tokenizer, path: str | Path) -> Path:
 
 
 _WIDTH_AWARE_CLASSES: dict[type, type] = {}
-# config keys that mark per-layer widths plain from_pretrained cannot build
-_PER_LAYER_KEYS = ("intermediate_sizes", "attention_heads")
+# config keys that mark what plain from_pretrained cannot build: per-layer widths, biases no config flag gives
+_PER_LAYER_KEYS = ("intermediate_sizes", "attention_heads", "added_biases")
 
 
 def _width_aware_class(base: type) -> type:
     """A subclass of `base`, with the same name, whose constructor applies the per-layer widths in the config
-    (`intermediate_sizes`, `attention_heads` / `key_value_heads`) through each target's `restore`."""
+    (`intermediate_sizes`, `attention_heads` / `key_value_heads`) through each target's `restore`, then creates
+    the biases `added_biases` records."""
     if base not in _WIDTH_AWARE_CLASSES:
 
         def __init__(self, config, *args, **kwargs):
@@ -247,6 +320,7 @@ def _width_aware_class(base: type) -> type:
             with torch.no_grad():
                 for cls in targets.TARGETS.values():
                     cls().restore(self, adapter, config)
+                _restore_added_biases(self, adapter, config)
 
         _WIDTH_AWARE_CLASSES[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__})
     return _WIDTH_AWARE_CLASSES[base]

@@ -2,8 +2,8 @@
 
 Every supported family is a `<Family>ForCausalLM` whose decoder sits at `model.model` and whose LM head is
 `model.lm_head`. The adapters differ in the norms around each sub-block, the RMSNorm parametrisation, the
-embedding scale and the config fields that derive each layer's attention type; the pruning code asks the adapter
-and never looks at module names itself.
+embedding scale, the config flags that give projections biases and the config fields that derive each layer's
+attention type; the pruning code asks the adapter and never looks at module names itself.
 """
 
 from __future__ import annotations
@@ -27,10 +27,16 @@ class ResidualNorms(NamedTuple):
     post: list[nn.Module]
 
 
+# The two sub-blocks of a decoder layer that write to the residual stream, by the names diet uses for them.
+BLOCKS = ("attention", "mlp")
+
+
 class Adapter:
     """Common structure of the supported `<Family>ForCausalLM` models."""
 
     family: str = ""
+    # block -> the config flag under which the family's constructor gives all of that block's projections a bias
+    bias_flags: dict[str, str] = {}
     # RMSNorm computes x_hat * (norm_offset + weight): Gemma stores the scale as (1 + weight).
     norm_offset: float = 0.0
     # The embedding module multiplies its output by sqrt(config.hidden_size) (Gemma).
@@ -98,6 +104,14 @@ class Adapter:
         attn = layer.self_attn
         return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
 
+    def block_projections(self, layer: nn.Module, block: str) -> tuple[nn.Linear, ...]:
+        """Every projection of one sub-block ("attention" or "mlp"), the output projection last."""
+        return self.attention_projections(layer) if block == "attention" else self.mlp_projections(layer)
+
+    def output_projection(self, layer: nn.Module, block: str) -> nn.Linear:
+        """o_proj ("attention") or down_proj ("mlp"): the projection whose bias is added to the residual stream."""
+        return self.block_projections(layer, block)[-1]
+
     def layer_head_dim(self, layer: nn.Module) -> int:
         return layer.self_attn.head_dim
 
@@ -156,6 +170,7 @@ class LlamaLikeAdapter(Adapter):
 
 class LlamaAdapter(LlamaLikeAdapter):
     family = "llama"
+    bias_flags = {"attention": "attention_bias", "mlp": "mlp_bias"}
 
 
 class MistralAdapter(LlamaLikeAdapter):
@@ -163,6 +178,8 @@ class MistralAdapter(LlamaLikeAdapter):
 
 
 class Qwen2Adapter(LlamaLikeAdapter):
+    """q/k/v always have biases and o_proj and the MLP never do (no config flag)."""
+
     family = "qwen2"
 
     def remove_layers(self, model: nn.Module, keep: list[int]) -> None:
@@ -184,6 +201,7 @@ class GemmaAdapter(Adapter):
 
     norm_offset = 1.0
     embedding_scaled_by_sqrt_width = True
+    bias_flags = {"attention": "attention_bias"}  # the MLP has no bias flag
 
     def residual_norms(self, layer: nn.Module) -> ResidualNorms:
         return ResidualNorms(
