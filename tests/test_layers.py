@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 import transformers
-from test_heads import heads_masks
 from test_prune import ATOL, FAMILIES, RTOL, input_ids, logits, random_keep, tiny_model, tiny_tokenizer
 
 from diet import DietError
@@ -115,8 +114,10 @@ def test_model_with_layers_removed_round_trips_through_plain_from_pretrained(fam
 
 
 # per-layer widths and head counts of the 4 layers: query / KV heads (4, 2), (2, 2), (2, 2), (1, 1)
+# (heads 0, 1 share KV head 0; heads 2, 3 share KV head 1)
 MLP_KEEP = [40, 88, 88, 64]
-HEADS_MASKS = heads_masks([1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1], [0, 1, 0, 0])
+HEADS_MASKS = {f"heads.{i}": torch.tensor(row, dtype=torch.bool)
+               for i, row in enumerate([[1, 1, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1], [0, 1, 0, 0]])}
 
 
 @pytest.mark.parametrize("keep, uniform", [((0, 3), False), ((1, 2), True)])
