@@ -35,11 +35,32 @@ constructor slices each layer's MLP down to its stored width right after the bas
 dtype, tying and buffer initialisation stay transformers' own. No remote code is involved. Plain
 `AutoModelForCausalLM.from_pretrained` loads uniform checkpoints (hidden-pruned ones included); it refuses
 non-uniform ones with a shape mismatch.
+
+Whole layers (`remove_layers`, ShortGPT / SLEB): the decoder keeps the layers `keep`, renumbered (see
+`Adapter.remove_layers`); the model computes exactly the dense model with the removed layers skipped (each one's
+output replaced by its input), KV cache included. The config follows: `num_hidden_layers`, `layer_types` sliced
+so each kept layer keeps its sliding/full type (saved explicitly, which in transformers 5.23 wins over the fields
+it is otherwise derived from), Qwen2's `max_window_layers` recounted, diet's per-layer lists sliced (dropped, with
+the headline value set, when the kept layers agree, so plain loading works again) and `added_biases` renumbered.
+A checkpoint with layers removed and otherwise uniform widths loads with plain `from_pretrained`.
+
+Added output biases (`add_output_bias`, FLAP-style compensation adds W[:, removed] @ mean[removed] to the bias
+of o_proj or down_proj): a projection without a bias gets a zero one first (the weight's dtype and device).
+  - Where the family's config has a flag giving that block's projections biases (Llama: `attention_bias`,
+    `mlp_bias`; Gemma-2/3: `attention_bias`), the flag is set and every projection it covers, in every layer,
+    gets a zero bias (q/k/v/o or gate/up/down): the model is then a standard one of its family, and plain
+    `from_pretrained` loads it exactly.
+  - Elsewhere (Gemma's MLP; Qwen2's o_proj and MLP; Mistral) only that projection gets a bias, and
+    `config.added_biases` = {block: [layer indices]} (block "attention" or "mlp") records which; `load_pruned`
+    creates those biases in the same constructor subclass, before the weights load. Plain `from_pretrained`
+    does NOT refuse such a checkpoint: it reports the biases as UNEXPECTED keys, drops them and computes a
+    different model. Load it with `load_pruned`.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,7 +70,7 @@ import transformers
 from torch import nn
 
 from diet import DietError, cache, targets
-from diet.models.adapters import Adapter, get_adapter
+from diet.models.adapters import BLOCKS, Adapter, get_adapter
 
 # prune.compensation -> the statistics it reads (diet/stats.py). mean: the removed channels' mean input, times their
 # columns of the output projection, becomes a bias of that projection (see `compensate`).
@@ -164,6 +185,116 @@ def zero_masked_reference(model: nn.Module, adapter: Adapter, masks: dict[str, t
     return model
 
 
+# ------------------------------------------------------------------------------------------------ whole layers
+
+# diet's per-layer config lists, grouped as the targets write them: each beside its headline value (the largest),
+# the lists of a group dropped together when every layer agrees
+_PER_LAYER_GROUPS = (
+    (("intermediate_sizes", "intermediate_size"),),
+    (("attention_heads", "num_attention_heads"), ("key_value_heads", "num_key_value_heads")),
+)
+
+
+def _checked_keep(keep, n_layers: int) -> list[int]:
+    allowed = f"allowed: a non-empty, strictly increasing list of layer indices in 0..{n_layers - 1}"
+    try:
+        items = list(keep)
+        if any(isinstance(i, bool) for i in items):  # a bool mask would read as indices 0 and 1
+            raise TypeError
+        indices = [operator.index(i) for i in items]
+    except TypeError:
+        found = repr(keep) if isinstance(keep, (list, tuple, range, int, str)) else f"a {type(keep).__name__}"
+        raise DietError(f"keep: {found} is not a list of integer layer indices; {allowed}") from None
+    if not indices:
+        raise DietError(f"keep: [] keeps no layer; {allowed}")
+    outside = [i for i in indices if not 0 <= i < n_layers]
+    if outside:
+        raise DietError(f"keep: {indices} holds layer {outside[0]}, out of range for {n_layers} layers; {allowed}")
+    if any(a >= b for a, b in zip(indices, indices[1:])):
+        raise DietError(f"keep: {indices} is not strictly increasing (unsorted or duplicated); {allowed}")
+    return indices
+
+
+@torch.no_grad()
+def remove_layers(model: nn.Module, adapter: Adapter, keep: list[int]) -> nn.Module:
+    """Delete every decoder layer whose index is not in `keep` (sorted, distinct), in place; returns `model`.
+    See the module docstring."""
+    keep = _checked_keep(keep, len(adapter.decoder_layers(model)))
+    adapter.remove_layers(model, keep)
+    config = model.config
+    for group in _PER_LAYER_GROUPS:
+        if not getattr(config, group[0][0], None):
+            continue
+        kept_lists = [[getattr(config, key)[i] for i in keep] for key, _ in group]
+        for (key, headline), values in zip(group, kept_lists):
+            setattr(config, key, values)
+            setattr(config, headline, max(values))
+        if len(set(zip(*kept_lists))) == 1:
+            for key, _ in group:
+                delattr(config, key)
+    if getattr(config, "added_biases", None):
+        new_index = {old: new for new, old in enumerate(keep)}
+        renumbered = {block: [new_index[i] for i in layers if i in new_index]
+                      for block, layers in config.added_biases.items()}
+        _set_added_biases(config, renumbered)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ added biases
+
+def _zero_bias(linear: nn.Linear) -> None:
+    weight = linear.weight
+    linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=weight.dtype, device=weight.device),
+                               requires_grad=weight.requires_grad)
+
+
+def _set_added_biases(config, record: dict[str, list[int]]) -> None:
+    record = {block: sorted(set(record[block])) for block in BLOCKS if record.get(block)}
+    if record:
+        config.added_biases = record
+    elif hasattr(config, "added_biases"):
+        del config.added_biases
+
+
+@torch.no_grad()
+def add_output_bias(model: nn.Module, adapter: Adapter, layer: int, block: str, delta: torch.Tensor) -> None:
+    """Add `delta` (length: the residual width) to the bias of layer `layer`'s o_proj (block="attention") or
+    down_proj (block="mlp"), in place, creating the bias where there is none. See the module docstring."""
+    layers = adapter.decoder_layers(model)
+    if block not in BLOCKS:
+        raise DietError(f"block: {block!r} is not allowed; allowed: {', '.join(BLOCKS)}")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
+        raise DietError(f"layer: {layer!r} is not allowed; allowed: a layer index in 0..{len(layers) - 1}")
+    projection = adapter.output_projection(layers[layer], block)
+    width = projection.out_features
+    if not isinstance(delta, torch.Tensor) or tuple(delta.shape) != (width,):
+        found = f"shape {tuple(delta.shape)}" if isinstance(delta, torch.Tensor) else f"a {type(delta).__name__}"
+        raise DietError(f"delta: {found} is not allowed; allowed: a 1-D tensor of length {width} (the residual width)")
+    if projection.bias is None:
+        flag = adapter.bias_flags.get(block)
+        if flag:
+            setattr(model.config, flag, True)
+            for each in layers:
+                for linear in adapter.block_projections(each, block):
+                    if linear.bias is None:
+                        _zero_bias(linear)
+        else:
+            _zero_bias(projection)
+            record = dict(getattr(model.config, "added_biases", None) or {})
+            _set_added_biases(model.config, {**record, block: [*record.get(block, []), layer]})
+    bias = projection.bias
+    bias.copy_((bias.float() + delta.to(bias.device).float()).to(bias.dtype))  # one rounding in low precision
+
+
+def _restore_added_biases(model: nn.Module, adapter: Adapter, config) -> None:
+    layers = adapter.decoder_layers(model)
+    for block, indices in (getattr(config, "added_biases", None) or {}).items():
+        for i in indices:
+            projection = adapter.output_projection(layers[i], block)
+            if projection.bias is None:
+                _zero_bias(projection)
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameters, each shared (tied) tensor counted once."""
     seen, total = set(), 0
@@ -200,13 +331,14 @@ def save_pruned(model: nn.Module, tokenizer, path: str | Path) -> Path:
 
 
 _WIDTH_AWARE_CLASSES: dict[type, type] = {}
-# config keys that mark per-layer widths plain from_pretrained cannot build
-_PER_LAYER_KEYS = ("intermediate_sizes", "attention_heads")
+# config keys that mark what plain from_pretrained cannot build: per-layer widths, biases no config flag gives
+_PER_LAYER_KEYS = ("intermediate_sizes", "attention_heads", "added_biases")
 
 
 def _width_aware_class(base: type) -> type:
     """A subclass of `base`, with the same name, whose constructor applies the per-layer widths in the config
-    (`intermediate_sizes`, `attention_heads` / `key_value_heads`) through each target's `restore`."""
+    (`intermediate_sizes`, `attention_heads` / `key_value_heads`) through each target's `restore`, then creates
+    the biases `added_biases` records."""
     if base not in _WIDTH_AWARE_CLASSES:
 
         def __init__(self, config, *args, **kwargs):
@@ -215,6 +347,7 @@ def _width_aware_class(base: type) -> type:
             with torch.no_grad():
                 for cls in targets.TARGETS.values():
                     cls().restore(self, adapter, config)
+                _restore_added_biases(self, adapter, config)
 
         _WIDTH_AWARE_CLASSES[base] = type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__})
     return _WIDTH_AWARE_CLASSES[base]

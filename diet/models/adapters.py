@@ -1,8 +1,9 @@
 """Per-family knowledge of where things live in a Hugging Face causal LM.
 
 Every supported family is a `<Family>ForCausalLM` whose decoder sits at `model.model` and whose LM head is
-`model.lm_head`. The adapters differ in the norms around each sub-block, the RMSNorm parametrisation and the
-embedding scale; the pruning code asks the adapter and never looks at module names itself.
+`model.lm_head`. The adapters differ in the norms around each sub-block, the RMSNorm parametrisation, the
+embedding scale, the config flags that give projections biases and the config fields that derive each layer's
+attention type; the pruning code asks the adapter and never looks at module names itself.
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ class ResidualNorms(NamedTuple):
     post: list[nn.Module]
 
 
+# The two sub-blocks of a decoder layer that write to the residual stream, by the names diet uses for them.
+BLOCKS = ("attention", "mlp")
+
+
 class Adapter:
     """Common structure of the supported `<Family>ForCausalLM` models."""
 
     family: str = ""
+    # block -> the config flag under which the family's constructor gives all of that block's projections a bias
+    bias_flags: dict[str, str] = {}
     # RMSNorm computes x_hat * (norm_offset + weight): Gemma stores the scale as (1 + weight).
     norm_offset: float = 0.0
     # The embedding module multiplies its output by sqrt(config.hidden_size) (Gemma).
@@ -45,6 +52,28 @@ class Adapter:
     def layer_list(self, model: nn.Module) -> nn.ModuleList:
         """The decoder's own ModuleList (assigning into it swaps a layer in place)."""
         return model.model.layers
+
+    def remove_layers(self, model: nn.Module, keep: list[int]) -> None:
+        """Keep only the decoder layers `keep` (sorted, distinct, validated by the caller), renumbered 0..len-1.
+
+        Each kept layer keeps its own attention type: the attention module fixed its sliding window at
+        construction, and the model picks each layer's mask (and Gemma-3 its RoPE) from `config.layer_types[i]`,
+        which is sliced to match. Every module carrying `layer_idx` (attention, Gemma-3's decoder layer) gets
+        the new index, which is the one the KV cache is indexed by. The saved config states `layer_types`
+        explicitly, and in 5.23 an explicit list wins over the fields it is otherwise derived from (Gemma-3's
+        `sliding_window_pattern`, Qwen2's `max_window_layers`), so a reload builds the same types.
+        """
+        layers = self.layer_list(model)
+        kept = [layers[i] for i in keep]
+        for new_index, layer in enumerate(kept):
+            for module in layer.modules():
+                if isinstance(getattr(module, "layer_idx", None), int):
+                    module.layer_idx = new_index
+        model.model.layers = nn.ModuleList(kept)
+        config = model.config
+        config.num_hidden_layers = len(kept)
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = [config.layer_types[i] for i in keep]
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return model.model.norm
@@ -74,6 +103,14 @@ class Adapter:
         """(q_proj, k_proj, v_proj, o_proj) of one layer."""
         attn = layer.self_attn
         return attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+
+    def block_projections(self, layer: nn.Module, block: str) -> tuple[nn.Linear, ...]:
+        """Every projection of one sub-block ("attention" or "mlp"), the output projection last."""
+        return self.attention_projections(layer) if block == "attention" else self.mlp_projections(layer)
+
+    def output_projection(self, layer: nn.Module, block: str) -> nn.Linear:
+        """o_proj ("attention") or down_proj ("mlp"): the projection whose bias is added to the residual stream."""
+        return self.block_projections(layer, block)[-1]
 
     def layer_head_dim(self, layer: nn.Module) -> int:
         return layer.self_attn.head_dim
@@ -133,6 +170,7 @@ class LlamaLikeAdapter(Adapter):
 
 class LlamaAdapter(LlamaLikeAdapter):
     family = "llama"
+    bias_flags = {"attention": "attention_bias", "mlp": "mlp_bias"}
 
 
 class MistralAdapter(LlamaLikeAdapter):
@@ -140,7 +178,17 @@ class MistralAdapter(LlamaLikeAdapter):
 
 
 class Qwen2Adapter(LlamaLikeAdapter):
+    """q/k/v always have biases and o_proj and the MLP never do (no config flag)."""
+
     family = "qwen2"
+
+    def remove_layers(self, model: nn.Module, keep: list[int]) -> None:
+        # layer_types (saved explicitly) decides; keep max_window_layers (full below it, sliding from it on)
+        # telling the same story, which it can, since kept layers keep their order.
+        window_layers = getattr(model.config, "max_window_layers", None)
+        super().remove_layers(model, keep)
+        if window_layers is not None:
+            model.config.max_window_layers = sum(1 for i in keep if i < window_layers)
 
 
 class GemmaAdapter(Adapter):
@@ -153,6 +201,7 @@ class GemmaAdapter(Adapter):
 
     norm_offset = 1.0
     embedding_scaled_by_sqrt_width = True
+    bias_flags = {"attention": "attention_bias"}  # the MLP has no bias flag
 
     def residual_norms(self, layer: nn.Module) -> ResidualNorms:
         return ResidualNorms(
