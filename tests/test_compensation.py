@@ -9,7 +9,7 @@ import transformers
 from test_layers import LAYERS, layered_model, skip_layers
 from test_prune import ATOL, FAMILIES, HIDDEN, RTOL, logits, random_keep, tiny_model
 
-from diet import DietError
+from diet import DietError, targets
 from diet.models.adapters import get_adapter
 from diet.prune import (add_output_bias, count_params, load_pruned, prune_model, remove_layers, save_pruned,
                         zero_masked_reference)
@@ -151,3 +151,73 @@ def test_mlp_widths_added_biases_and_removed_layers_together(family, tmp_path):
     torch.testing.assert_close(logits(loaded), logits(model), atol=0, rtol=0)
     assert get_adapter(loaded).intermediate_sizes(loaded) == [88, 64, 72]
     assert loaded.config.num_hidden_layers == 3 and count_params(loaded) == count_params(model)
+
+
+# ------------------------------------------------------------------------- prune.compensation=mean, end to end
+
+def calibration_stats(model, target_names, seed=5):
+    """Two calibration sets' signed sums and counts at every hook point (the pooled mean is what compensates)."""
+    adapter = get_adapter(model)
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, count in (("a", 2.0), ("b", 6.0)):
+        out[name] = {}
+        for target in target_names:
+            for point, module in targets.get(target).hook_points(model, adapter).items():
+                width = module.in_features
+                out[name][point] = {"sum": torch.randn(width, generator=generator) * count,
+                                    "count": torch.tensor([count])}
+    return out
+
+
+def hold_removed_inputs_at_their_mean(model, masks, stats):
+    """The reference: the dense model whose removed channels' inputs (down_proj's for mlp, o_proj's for heads) are
+    replaced by their pooled calibration mean before the projection."""
+    adapter = get_adapter(model)
+    for target in {k.split(".")[0] for k in masks}:
+        for point, module in targets.get(target).hook_points(model, adapter).items():
+            layer = adapter.decoder_layers(model)[int(point.split(".")[1])]
+            removed = ~masks[point]
+            if target == "heads":
+                removed = removed.repeat_interleave(adapter.layer_head_dim(layer))
+            mean = (stats["a"][point]["sum"] + stats["b"][point]["sum"]) / 8.0
+
+            def hold(_module, args, removed=removed, mean=mean):
+                x = args[0].clone()
+                x[..., removed] = mean[removed]
+                return (x,)
+
+            module.register_forward_pre_hook(hold)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2", "mistral"])
+@pytest.mark.parametrize("target", [["mlp"], ["heads"], ["mlp", "heads"]])
+def test_mean_compensation_equals_the_dense_model_with_removed_inputs_at_their_mean(family, target, tmp_path):
+    dense = tiny_model(family)
+    adapter = get_adapter(dense)
+    masks = {}
+    if "mlp" in target:
+        masks.update({f"mlp.{i}": random_keep(96, 40 + 16 * i, seed=20 + i)
+                      for i in range(dense.config.num_hidden_layers)})
+    if "heads" in target:  # one query head of each KV group (4 heads in 2 groups) per layer
+        masks.update({"heads.0": torch.tensor([True, False, False, True]),
+                      "heads.1": torch.tensor([False, True, True, False])})
+    stats = calibration_stats(dense, target)
+    reference = hold_removed_inputs_at_their_mean(copy.deepcopy(dense), masks, stats)
+    compensated = prune_model(copy.deepcopy(dense), adapter, masks, target, compensation="mean", stats=stats)
+    plain = prune_model(copy.deepcopy(dense), adapter, masks, target)
+    torch.testing.assert_close(logits(compensated), logits(reference), atol=ATOL, rtol=RTOL)
+    assert not torch.allclose(logits(plain), logits(reference), atol=1e-3)  # the compensation is what matches
+    save_pruned(compensated, None, tmp_path / "m")
+    reloaded, _ = load_pruned(tmp_path / "m", attn_implementation="eager")
+    torch.testing.assert_close(logits(reloaded), logits(compensated), atol=0, rtol=0)
+
+
+def test_mean_compensation_needs_the_signed_sum():
+    dense = tiny_model("llama")
+    layers = range(dense.config.num_hidden_layers)
+    masks = {f"mlp.{i}": random_keep(96, 48, seed=i) for i in layers}
+    stats = {"a": {f"mlp.{i}": {"count": torch.tensor([1.0])} for i in layers}}
+    with pytest.raises(ValueError, match="statistics of mlp.0 have no signed 'sum'"):
+        prune_model(dense, get_adapter(dense), masks, "mlp", compensation="mean", stats=stats)
