@@ -12,7 +12,8 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from diet import DietError, config, evaluate, methods, models, plots, profile, prune, record, sweeps, targets, tracking
+from diet import (DietError, config, evaluate, mask_plots, methods, models, profile, prune, record, sweeps, targets,
+                  tracking)
 from diet import tasks as task_lib
 from diet.tasks import calibration
 
@@ -105,7 +106,7 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
                           dense_metrics=dense_metrics, timings=timings, cache_status=cache_status, masks=masks,
                           per_task_masks=per_task_masks)
     recorder.result(result)
-    plot_paths = plots.write_all(recorder.dir, masks, per_task_masks, votes, mean_scores, result.target)
+    plot_paths = mask_plots.write_all(recorder.dir, masks, per_task_masks, votes, mean_scores)
     recorder.status("done")
     print(record.summary(result))
     tracking.log_run(
