@@ -7,8 +7,15 @@ contributes to `average.paper`, the run summary, W&B's summary table and the rep
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
+
+import lm_eval
+
+from diet import DietError, cache
+from diet.tasks import evaluation_task_manager
+from diet.tasks.demo import DEMO_SEED
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +66,8 @@ def evaluate(model, tokenizer, tasks: list, *, device, batch_size=8, limit=None,
     """Returns {"metrics": {task: {metric: value}} (see `task_metrics`), "samples": ... or None}. Log-softmax runs in
     float32 whatever the model's dtype (lm-eval's softmax_dtype). `max_gen_toks` caps generation for generative
     tasks (None: each task's own setting)."""
-    import lm_eval
+    # HFLM imports torch and transformers (seconds); the report reads this module's metric names without them
     from lm_eval.models.huggingface import HFLM
-
-    from diet.tasks import evaluation_task_manager
 
     started = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device),
@@ -103,11 +108,6 @@ def averages(metrics: dict[str, dict]) -> dict[str, float | None]:
 def dense_eval(loaded, eval_tasks: list, eval_kwargs: dict, cache_dir, *, task_names: list[str],
                held_out: dict[str, list[int]], local_dir: str | None) -> dict:
     """The unpruned model's metrics, cached so that a sweep evaluates each dense model once."""
-    import lm_eval
-
-    from diet import cache
-    from diet.tasks.demo import DEMO_SEED
-
     key = {"model": loaded.fingerprint, "tasks": sorted(task_names), "limit": eval_kwargs["limit"],
            "num_fewshot": eval_kwargs["num_fewshot"], "lm_eval": lm_eval.__version__, "held_out_of_eval": held_out,
            "local_dir": local_dir, "seed": eval_kwargs["seed"], "bootstrap_iters": eval_kwargs["bootstrap_iters"],
@@ -127,9 +127,7 @@ def per_task_eval(loaded, target, per_task_masks: dict, task_objects: dict, eval
                   eval_kwargs: dict, timings: dict) -> tuple[dict, int]:
     """The task-aware upper reference: each task evaluated on a copy of the model pruned with its own mask.
     Returns (metrics, the largest pruned parameter count); adds prune and eval seconds to `timings`."""
-    import copy
-
-    from diet import DietError, prune
+    from diet import prune  # imports torch: see evaluate()
 
     missing = [t for t in eval_names if t not in per_task_masks]
     if missing:

@@ -1,6 +1,6 @@
 """The run record: the typed result of a run, and the only writer into the run directory (status.json while
 running; results.json, mask.safetensors and extra JSON files atomically at the end). results.json is written from
-`RunResult`; its schema is DESIGN.md's output contract."""
+`RunResult`; its schema is the output contract in docs/architecture.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +8,14 @@ import hashlib
 import time
 from pathlib import Path
 
+import lm_eval
 import torch
+import transformers
+from omegaconf import OmegaConf
 
-from diet import cache
+import diet
+from diet import cache, evaluate, targets
+from diet.vote import achieved_sparsity
 
 
 def mask_sha256(masks: dict[str, torch.Tensor]) -> str:
@@ -68,10 +73,6 @@ class RunResult:
 def build(cfg, *, method, target_names, profile_names, eval_names, sparsity, calib, calib_sets, params, metrics,
           dense_metrics, timings, cache_status, masks, per_task_masks) -> RunResult:
     """The run's result from its config and what the stages returned."""
-    from omegaconf import OmegaConf
-
-    from diet import evaluate
-
     used = task_mask_tensors(per_task_masks) if method.per_task_eval else masks  # what the evaluation used
     return RunResult(
         model=cfg.model.name, model_id=cfg.model.name_or_path, tasks=profile_names, eval_tasks=eval_names,
@@ -116,9 +117,6 @@ def task_mask_tensors(per_task_masks: dict) -> dict[str, torch.Tensor]:
 
 def sparsity(requested: float, masks: dict[str, torch.Tensor], target_names: list[str]) -> dict:
     """{"requested", "achieved"} over every mask, plus "per_target" when several targets were pruned."""
-    from diet import targets
-    from diet.vote import achieved_sparsity
-
     out = {"requested": float(requested), "achieved": achieved_sparsity(masks)}
     if len(target_names) > 1:
         out["per_target"] = {n: achieved_sparsity({k: m for k, m in masks.items() if targets.owner(k) == n})
@@ -127,11 +125,6 @@ def sparsity(requested: float, masks: dict[str, torch.Tensor], target_names: lis
 
 
 def versions() -> dict:
-    import lm_eval
-    import transformers
-
-    import diet
-
     return {"diet": diet.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "lm_eval": lm_eval.__version__}
 
@@ -143,8 +136,6 @@ def describe_calibration(calib_sets: dict) -> dict:
 
 def drops(dense_metrics: dict, metrics: dict) -> dict:
     """Dense minus pruned value per task and metric (every metric both runs have, stderrs excluded)."""
-    from diet import evaluate
-
     return {t: {m: (dense_metrics[t][m] - metrics[t][m]) for m in metrics[t]
                 if not evaluate.is_stderr(m) and dense_metrics[t].get(m) is not None and metrics[t].get(m) is not None}
             for t in metrics if t in dense_metrics}
@@ -155,8 +146,6 @@ def _fmt(value) -> str:
 
 
 def summary(result: RunResult) -> str:
-    from diet import evaluate
-
     dense = result.dense_metrics or {}
     lines = [f"{result.method} {result.target} sparsity {result.sparsity['achieved']:.3f} on "
              f"{result.model}: params {result.params['pruned'] / result.params['dense']:.3f} of dense"]
