@@ -13,10 +13,10 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,9 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    # safetensors.torch imports torch (seconds): here, so the report and the sweep summary write files without it
+    from safetensors.torch import save_file
+
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
 
@@ -132,6 +135,8 @@ class Cache:
         return payload
 
     def load_tensors(self, key: dict) -> dict[str, torch.Tensor] | None:
+        from safetensors.torch import load_file  # imports torch: see atomic_save_tensors
+
         return self._load(key, ".safetensors", load_file)
 
     def store_tensors(self, key: dict, tensors: dict[str, torch.Tensor]) -> Path:

@@ -10,6 +10,12 @@ from __future__ import annotations
 import logging
 import time
 
+import lm_eval
+
+from diet import cache
+from diet.tasks import evaluation_task_manager
+from diet.tasks.demo import DEMO_SEED
+
 log = logging.getLogger(__name__)
 
 # The metric each task is conventionally reported with (lm-eval leaderboard / pruning papers; IFEval: the
@@ -59,10 +65,8 @@ def evaluate(model, tokenizer, tasks: list, *, device, batch_size=8, limit=None,
     """Returns {"metrics": {task: {metric: value}} (see `task_metrics`), "samples": ... or None}. Log-softmax runs in
     float32 whatever the model's dtype (lm-eval's softmax_dtype). `max_gen_toks` caps generation for generative
     tasks (None: each task's own setting)."""
-    import lm_eval
+    # HFLM imports torch and transformers (seconds); the report reads this module's metric names without them
     from lm_eval.models.huggingface import HFLM
-
-    from diet.tasks import evaluation_task_manager
 
     started = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device),
@@ -103,11 +107,6 @@ def averages(metrics: dict[str, dict]) -> dict[str, float | None]:
 def dense_eval(loaded, eval_tasks: list, eval_kwargs: dict, cache_dir, *, task_names: list[str],
                held_out: dict[str, list[int]], local_dir: str | None) -> dict:
     """The unpruned model's metrics, cached so that a sweep evaluates each dense model once."""
-    import lm_eval
-
-    from diet import cache
-    from diet.tasks.demo import DEMO_SEED
-
     key = {"model": loaded.fingerprint, "tasks": sorted(task_names), "limit": eval_kwargs["limit"],
            "num_fewshot": eval_kwargs["num_fewshot"], "lm_eval": lm_eval.__version__, "held_out_of_eval": held_out,
            "local_dir": local_dir, "seed": eval_kwargs["seed"], "bootstrap_iters": eval_kwargs["bootstrap_iters"],

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 import diet
-from diet import DietError, cache
+from diet import DietError, cache, flatten
 from diet import stats as stat_lib
 from diet.targets import objects, owner
 
@@ -283,11 +283,8 @@ def profile_texts(model, adapter, tokenizer, texts: list[str], targets, *, max_l
     return stats
 
 
-def flatten(stats: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {f"{point}/{name}": t for point, named in stats.items() for name, t in named.items()}
-
-
 def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """The inverse of `diet.flatten(stats, sep="/")`: the form cache entries store statistics in."""
     stats: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in flat.items():
         point, name = key.rsplit("/", 1)
@@ -333,7 +330,7 @@ def profile_sets(loaded, calib_sets: dict, targets, cache_dir, calib: dict, *, s
             computed = flatten(profile_texts(
                 loaded.model, loaded.adapter, loaded.tokenizer, calib_set.texts, missing,
                 max_length=calib["max_length"], batch_size=calib["batch_size"], statistics=statistics,
-                desc=f"profile {name}", layerwise_device=offload_device, fused_stats=fused))
+                desc=f"profile {name}", layerwise_device=offload_device, fused_stats=fused), sep="/")
             for t in missing:
                 found[t.name] = {k: v for k, v in computed.items() if owner(k) == t.name}
                 store.store_tensors(keys[t.name], found[t.name])

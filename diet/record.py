@@ -1,6 +1,6 @@
 """The run record: the typed result of a run, and the only writer into the run directory (status.json while
 running; results.json, mask.safetensors and extra JSON files atomically at the end). results.json is written from
-`RunResult`; its schema is DESIGN.md's output contract."""
+`RunResult`; its schema is the output contract in docs/architecture.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +8,14 @@ import hashlib
 import time
 from pathlib import Path
 
+import lm_eval
 import torch
+import transformers
+from omegaconf import OmegaConf
 
-from diet import cache
+import diet
+from diet import cache, evaluate, targets
+from diet.vote import achieved_sparsity
 
 
 def mask_sha256(masks: dict[str, torch.Tensor]) -> str:
@@ -68,10 +73,6 @@ class RunResult:
 def build(cfg, plan, *, sparsity, calib_sets, params, metrics, dense_metrics, timings, cache_status,
           votes) -> RunResult:
     """The run's result from its config, its plan and what the stages returned (`votes`: stages.Votes)."""
-    from omegaconf import OmegaConf
-
-    from diet import evaluate
-
     per_task_eval = plan.method.per_task_eval
     used = task_mask_tensors(votes.per_task) if per_task_eval else votes.masks  # what the evaluation used
     return RunResult(
@@ -117,9 +118,6 @@ def task_mask_tensors(per_task_masks: dict) -> dict[str, torch.Tensor]:
 
 def sparsity(requested: float, masks: dict[str, torch.Tensor], chosen_targets) -> dict:
     """{"requested", "achieved"} over every mask, plus "per_target" when several targets were pruned."""
-    from diet import targets
-    from diet.vote import achieved_sparsity
-
     out = {"requested": float(requested), "achieved": achieved_sparsity(masks)}
     if len(chosen_targets) > 1:
         out["per_target"] = {t.name: achieved_sparsity({k: m for k, m in masks.items() if targets.owner(k) == t.name})
@@ -128,11 +126,6 @@ def sparsity(requested: float, masks: dict[str, torch.Tensor], chosen_targets) -
 
 
 def versions() -> dict:
-    import lm_eval
-    import transformers
-
-    import diet
-
     return {"diet": diet.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "lm_eval": lm_eval.__version__}
 
@@ -144,8 +137,6 @@ def describe_calibration(calib_sets: dict) -> dict:
 
 def drops(dense_metrics: dict, metrics: dict) -> dict:
     """Dense minus pruned value per task and metric (every metric both runs have, stderrs excluded)."""
-    from diet import evaluate
-
     return {t: {m: (dense_metrics[t][m] - metrics[t][m]) for m in metrics[t]
                 if not evaluate.is_stderr(m) and dense_metrics[t].get(m) is not None and metrics[t].get(m) is not None}
             for t in metrics if t in dense_metrics}
@@ -156,8 +147,6 @@ def _fmt(value) -> str:
 
 
 def summary(result: RunResult) -> str:
-    from diet import evaluate
-
     dense = result.dense_metrics or {}
     lines = [f"{result.method} {result.target} sparsity {result.sparsity['achieved']:.3f} on "
              f"{result.model}: params {result.params['pruned'] / result.params['dense']:.3f} of dense"]

@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from diet import DietError, config, evaluate, models, plots, prune, record, stages, sweeps, tracking
+from diet import DietError, config, evaluate, mask_plots, models, prune, record, stages, sweeps, tracking
 from diet import tasks as task_lib
 
 log = logging.getLogger("diet")
@@ -80,8 +80,8 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
                           params={"dense": dense_params, "pruned": pruned_params}, metrics=metrics,
                           dense_metrics=dense_metrics, timings=timings, cache_status=cache_status, votes=voted)
     recorder.result(result)
-    plot_paths = plots.write_all(recorder.dir, voted.masks, voted.per_task, voted.votes, voted.mean_scores,
-                                 result.target)
+    plot_paths = mask_plots.write_all(recorder.dir, voted.masks, voted.per_task, voted.votes,
+                                      voted.mean_scores)
     recorder.status("done")
     print(record.summary(result))
     tracking.log_run(

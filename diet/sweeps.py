@@ -13,6 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -53,9 +56,6 @@ def read_outcome(num: int, folder: Path, overrides: str = "") -> JobOutcome:
 
 def sweep_jobs(config: DictConfig) -> list[tuple[int, Path, str]]:
     """(num, folder, overrides) of every job the basic sweeper expands this multirun into."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     sweep_dir = Path(str(config.hydra.sweep.dir))
     overrides = list(config.hydra.overrides.task)
     try:
@@ -93,8 +93,6 @@ def summarize(config: DictConfig, out=None) -> list[JobOutcome]:
 
 class RunSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        from hydra.core.utils import JobStatus
-
         folder = Path(str(job_return.hydra_cfg.hydra.runtime.output_dir))
         if job_return.status == JobStatus.FAILED:
             err = job_return._return_value

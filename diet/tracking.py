@@ -6,32 +6,21 @@ import json
 import logging
 import os
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from diet.record import RunResult
+from diet import flatten
+from diet.record import RunResult
 
 log = logging.getLogger(__name__)
 
-MODES = ("offline", "online", "disabled")
 _SECRET = re.compile(r"(token|key|secret|password)", re.IGNORECASE)
 
 
-def flatten_config(cfg: dict, prefix: str = "") -> dict:
+def flatten_config(cfg: dict) -> dict:
     """Nested config -> {"a.b.c": value}, so every swept key is a filterable W&B column. Secrets are dropped."""
-    flat = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if _SECRET.search(str(key)):
-            continue
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+    return flatten(cfg, skip=_SECRET.search)
 
 
-def log_run(logger_cfg: dict, *, run_dir: str, config: dict, results: "RunResult", mask_path: str, name: str,
+def log_run(logger_cfg: dict, *, run_dir: str, config: dict, results: RunResult, mask_path: str, name: str,
             group: str | None, plot_paths: list[str] = (), model_dir: str | None = None) -> str | None:
     """Log one finished run; returns the W&B run folder, or None when tracking is off or failed."""
     if logger_cfg.get("name", "none") == "none":
@@ -57,7 +46,7 @@ def log_run(logger_cfg: dict, *, run_dir: str, config: dict, results: "RunResult
 
 
 def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths, model_dir) -> str:
-    import wandb
+    import wandb  # seconds to import: only when a run logs to W&B
 
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "20")  # the default 90 s blocks a run with no network
     os.environ["WANDB_MODE"] = mode  # the environment outranks init(mode=...); keep the two the same
@@ -93,12 +82,10 @@ def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, g
         run.finish()
 
 
-def summary_values(results: "RunResult") -> dict:
+def summary_values(results: RunResult) -> dict:
     """Flat W&B summary: per-task metrics, averages, sparsity, parameters, stage times, profile cache hits.
     `results` is a RunResult, or a results.json dict (read back through RunResult.from_json)."""
     if isinstance(results, dict):
-        from diet.record import RunResult
-
         results = RunResult.from_json(results)
     values = {f"{task}/{metric}": v for task, row in results.metrics.items() for metric, v in row.items()
               if v is not None}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The README's demo table, on a laptop's CPU, offline: Gemma-3 270M on the four synthetic demo tasks, every method and
-# merge rule x SPARSITIES x SEEDS, the dense model once, then `python -m diet.report --baseline generic` on the
-# sweep folder. Cost is evaluation: one forward pass per item and run (the choices of an item share one pass where
-# they can), so runs x items decides the wall time; the default grid took the wall time stated in the README on
+# The demo table of docs/results.md, on a laptop's CPU, offline: Gemma-3 270M on the four synthetic demo tasks, every
+# method and merge rule x SPARSITIES x SEEDS, the dense model once, then `python -m diet.report --baseline generic` on
+# the sweep folder. Cost is evaluation: one forward pass per item and run (the choices of an item share one pass where
+# they can), so runs x items decides the wall time; the default grid took the wall time stated in docs/results.md on
 # 2 shared CPU cores.
 #   SPARSITIES=0.2,0.3,0.4  requested sparsities (comma-separated); prune.multiple_of=128 makes 0.2/0.3/0.4 remove
 #                        0.1875/0.3125/0.375 of the 2048 FFN neurons per layer (the report shows what was achieved)

@@ -1,5 +1,5 @@
 """What a new user meets on a cluster: a wheel install, their own config folder, any checkpoint, a sweep whose jobs
-fail, shared-storage file modes, device-independent defaults, dry runs and the README's commands."""
+fail, shared-storage file modes, device-independent defaults, dry runs and the docs' commands."""
 import json
 import os
 import re
@@ -245,10 +245,11 @@ def test_dry_run_checks_calibration_split_sizes():
             "sizes checked\n") in fits.stdout
 
 
-def test_readme_wandb_sync_globs_match_without_globstar(tmp_path):
-    commands = [line for doc in ("README.md", "launch/README.md") for line in
-                re.findall(r"`(wandb sync [^`]+)`", (REPO / doc).read_text())]
-    assert commands
+def test_docs_wandb_sync_globs_match_without_globstar(tmp_path):
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "launch" / "README.md"]
+    commands = [line for doc in docs for line in re.findall(r"`(wandb sync [^`]+)`", doc.read_text())]
+    # the two the docs give: every run under outputs/, and the runs of the launch/ sweeps
+    assert any("sweeps" in c for c in commands) and any("sweeps" not in c for c in commands), commands
     for run_dir in ("outputs/2026-11-30/12-00-00", "outputs/multirun/2026-11-30/12-00-00/3",
                     "outputs/sweeps/ablate_scoring-20261130-120000/2",
                     "outputs/sweeps/ablate_target-20261130-120000/mlp/1"):

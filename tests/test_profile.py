@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diet import DietError, profile, targets
+from diet import DietError, flatten, profile, targets
 from diet.stats import BASE
 from diet.models.adapters import get_adapter
 
@@ -88,8 +88,8 @@ def test_tokenize_right_pads_and_truncates(tiny_models):
 
 def test_flatten_round_trip():
     stats = {"mlp.0": {"sum_abs": torch.ones(3), "count": torch.tensor([2.0])}, "mlp.1": {"max_abs": torch.zeros(3)}}
-    assert profile.unflatten(profile.flatten(stats)).keys() == stats.keys()
-    assert torch.equal(profile.unflatten(profile.flatten(stats))["mlp.0"]["sum_abs"], torch.ones(3))
+    assert profile.unflatten(flatten(stats, sep="/")).keys() == stats.keys()
+    assert torch.equal(profile.unflatten(flatten(stats, sep="/"))["mlp.0"]["sum_abs"], torch.ones(3))
 
 
 @pytest.mark.parametrize("name", ["tiny_gemma2", "tiny_llama"])

@@ -320,3 +320,19 @@ def test_an_unknown_baseline_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(DietError, match=r"^--baseline: 'generc' has no runs here; allowed: diet, random$"):
         package.report([tmp_path], baseline="generc")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_report_files_get_the_modes_a_plain_write_would(monkeypatch, tmp_path):
+    import diet.report as package
+
+    runs = [hand_run("diet", 0, 0.8), hand_run("random", 0, 0.6)]
+    monkeypatch.setattr(package, "collect", lambda folders: package.Collected(runs=runs))
+    umask = os.umask(0o002)  # group-writable, as on shared storage
+    try:
+        written = package.report([tmp_path])
+    finally:
+        os.umask(umask)
+    assert written["plots"]
+    for path in (written["markdown"], written["csv"], *written["plots"]):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o664), path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["avg_vs_sparsity.png", "report.csv", "report.md"]

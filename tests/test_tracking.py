@@ -28,3 +28,25 @@ def test_disabled_and_none_log_nothing(tmp_path, monkeypatch):
     assert tracking.log_run({"name": "none"}, run_dir=str(tmp_path), config={}, results={}, mask_path="", name="x",
                             group=None) is None
     assert os.listdir(tmp_path) == []
+
+
+def test_one_flatten_serves_profile_statistics_wandb_configs_and_report_settings():
+    import torch
+
+    from diet import flatten, profile
+
+    # profile: {point: {stat: tensor}} -> "point/stat", in the order collected
+    stats = {"mlp.1": {"sum_abs": torch.ones(2), "sum_sq": torch.zeros(2)}, "mlp.0": {"sum_abs": torch.ones(3)}}
+    flat = flatten(stats, sep="/")
+    assert list(flat) == ["mlp.1/sum_abs", "mlp.1/sum_sq", "mlp.0/sum_abs"]
+    assert profile.unflatten(flat).keys() == stats.keys() and flat["mlp.0/sum_abs"] is stats["mlp.0"]["sum_abs"]
+    # config (W&B columns, report settings): "a.b.c"; lists stay values, an empty group gives no column
+    config = {"model": {"name": "m", "config": {"hidden_size": 8, 0: None}}, "tasks": {"names": ["a", {"x": 1}]},
+              "sparsity": 0.3, "empty": {}, "logger": {"api_key": "xyz", "secrets": {"a": 1}, "tags": []}}
+    assert list(flatten(config).items()) == [
+        ("model.name", "m"), ("model.config.hidden_size", 8), ("model.config.0", None),
+        ("tasks.names", ["a", {"x": 1}]), ("sparsity", 0.3), ("logger.api_key", "xyz"), ("logger.secrets.a", 1),
+        ("logger.tags", [])]
+    assert list(tracking.flatten_config(config).items()) == [
+        ("model.name", "m"), ("model.config.hidden_size", 8), ("model.config.0", None),
+        ("tasks.names", ["a", {"x": 1}]), ("sparsity", 0.3), ("logger.tags", [])]

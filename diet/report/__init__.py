@@ -12,11 +12,9 @@ achieved sparsity. Jobs without results are listed under "Failed or missing runs
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
-from diet import DietError
+from diet import DietError, cache
 from diet.report.collect import (Collected, Missing, Run, collect, expand_sweep, expected_jobs, run_from_results,
                                  run_from_wandb, wandb_runs)
 from diet.report.plots import write_plots
@@ -24,25 +22,6 @@ from diet.report.tables import Row, Stat, build_table, csv_text, markdown
 
 __all__ = ["Collected", "Missing", "Row", "Run", "Stat", "build_table", "collect", "expand_sweep", "expected_jobs",
            "main", "report", "run_from_results", "run_from_wandb"]
-
-
-def _publish(path: Path, write) -> None:
-    """write(tmp) a temp file next to `path`, then rename it into place, readable as a plain new file would be."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _publish(path, lambda tmp: Path(tmp).write_text(text, newline=""))
 
 
 def report(folders: list[Path], out: Path | None = None, wandb: str | None = None,
@@ -69,9 +48,9 @@ def report(folders: list[Path], out: Path | None = None, wandb: str | None = Non
     out = out or (folders[0] if folders else Path("outputs") / "reports" / wandb.split("/")[-1])
     out.mkdir(parents=True, exist_ok=True)
     tasks, metric, extras, rows = build_table(found.runs, baseline)
-    _atomic_text(out / "report.md", markdown(tasks, metric, extras, rows, found, sources, baseline))
-    _atomic_text(out / "report.csv", csv_text(tasks, metric, extras, rows))
-    plots = write_plots(rows, extras, out, _publish)
+    cache.atomic_write_text(out / "report.md", markdown(tasks, metric, extras, rows, found, sources, baseline))
+    cache.atomic_write_text(out / "report.csv", csv_text(tasks, metric, extras, rows))
+    plots = write_plots(rows, extras, out)
     return {"markdown": out / "report.md", "csv": out / "report.csv", "plots": plots, "runs": found.runs,
             "missing": found.missing, "rows": rows}
 

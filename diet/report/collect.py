@@ -11,8 +11,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diet import DietError
-from diet.evaluate import paper_metric
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from diet import DietError, flatten
+from diet.evaluate import averages, paper_metric
 
 # What results.json records itself, for runs without a .hydra folder (copied results, W&B).
 FROM_RESULTS = {"scoring.name": "scoring", "prune.scope": "scope", "seed": "seed", "tasks.names": "tasks"}
@@ -56,15 +60,6 @@ def natural_key(text) -> list:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", str(text)) if p]
 
 
-def flatten(obj, prefix: str = "") -> dict:
-    if not isinstance(obj, dict):
-        return {prefix: obj}
-    flat = {}
-    for key, value in obj.items():
-        flat.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
-
-
 def stderr_name(metric: str) -> str:
     """lm-eval's name for a metric's stderr: `acc` -> `acc_stderr`, `exact_match,strict-match` ->
     `exact_match_stderr,strict-match`."""
@@ -102,8 +97,6 @@ def run_from_results(results: dict, where: str, settings: dict | None = None, sw
 
 def _job_config(job: Path) -> tuple[dict, set]:
     """(flat config, overridden keys) from a Hydra job folder; empty when it has none."""
-    from omegaconf import OmegaConf
-
     settings, swept = {}, set()
     cfg_file, overrides_file = job / ".hydra" / "config.yaml", job / ".hydra" / "overrides.yaml"
     if cfg_file.is_file():
@@ -125,9 +118,6 @@ def _read_json(path: Path):
 def expand_sweep(overrides: list[str]) -> tuple[list[list[str]], set[str]]:
     """(the override list of each job in Hydra's basic-sweeper job order, the swept keys): how a multirun expands.
     launch/compose.py (DRY_RUN=1) uses the same expansion."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return BasicSweeper.split_arguments(parsed, None)[0], {o.get_key_element() for o in parsed if o.is_sweep_override()}
 
@@ -135,8 +125,6 @@ def expand_sweep(overrides: list[str]) -> tuple[list[list[str]], set[str]]:
 def expected_jobs(multirun_yaml: Path) -> dict[Path, str]:
     """{job folder: its swept overrides} for every job a Hydra multirun asked for (from its multirun.yaml), so a job
     that never started (still queued, or after a failure that stopped the basic launcher) is listed too."""
-    from omegaconf import OmegaConf
-
     try:
         hydra_cfg = OmegaConf.to_container(OmegaConf.load(multirun_yaml).hydra, resolve=False)
         if hydra_cfg["sweep"]["subdir"] != "${hydra.job.num}":
@@ -224,7 +212,7 @@ def wandb_runs(spec: str) -> Collected:
         raise DietError(f"--wandb: {spec!r} is not allowed; allowed: ENTITY/PROJECT/GROUP")
     entity, project, group = parts
     try:
-        import wandb
+        import wandb  # seconds to import, and only --wandb needs it
 
         api = wandb.Api(timeout=15)
         remote = list(api.runs(f"{entity}/{project}", filters={"group": group}))
@@ -247,8 +235,6 @@ def wandb_runs(spec: str) -> Collected:
 def run_from_wandb(cfg: dict, summary: dict, url: str) -> Run:
     """A W&B run (flat config, summary) as the results.json fields the table uses: every `<task>/<metric>` of the
     summary, dense values from `<task>/drop_<metric>`."""
-    from diet.evaluate import averages
-
     tasks = list(cfg.get("eval.tasks") or cfg.get("tasks.names") or [])
     metrics, dense = {}, {}
     for task in tasks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from diet import cache
 from diet.report.collect import natural_key
 from diet.report.tables import Row, label, plain, show_extra
 
@@ -26,7 +27,7 @@ def _axis(values: list) -> tuple[list, list[str] | None]:
     return [labels.index(plain(v)) for v in values], labels
 
 
-def plot_against(rows: list[Row], key: str, name: str, path: Path, publish) -> Path | None:
+def plot_against(rows: list[Row], key: str, name: str, path: Path) -> Path | None:
     """Average accuracy vs `key` (sparsity or an extra), one subplot per model, one line per other setting."""
     pruned = [r for r in rows if r.method != "dense" and r.average.mean is not None]
     if not pruned:
@@ -79,14 +80,14 @@ def plot_against(rows: list[Row], key: str, name: str, path: Path, publish) -> P
         ax.set_ylabel("average accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    publish(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    cache.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
     plt.close(fig)
     return path
 
 
-def write_plots(rows: list[Row], extras: list[str], out: Path, publish) -> list[Path]:
-    written = [plot_against(rows, "sparsity", "sparsity", out / "avg_vs_sparsity.png", publish)]
+def write_plots(rows: list[Row], extras: list[str], out: Path) -> list[Path]:
+    written = [plot_against(rows, "sparsity", "sparsity", out / "avg_vs_sparsity.png")]
     for key in extras:
         name = re.sub(r"[^A-Za-z0-9]+", "_", label(key)).strip("_")
-        written.append(plot_against(rows, key, label(key), out / f"avg_vs_{name}.png", publish))
+        written.append(plot_against(rows, key, label(key), out / f"avg_vs_{name}.png"))
     return [p for p in written if p is not None]

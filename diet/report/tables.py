@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from diet.report.collect import Collected, Run, natural_key
+from diet.report.collect import Collected, Run, natural_key, stderr_name
 
 METHOD_ORDER = ("dense", "magnitude", "random", "generic", "diet", "per_task")
 REFERENCES = ("dense", "per_task")  # shown, never ranked: the unpruned model and one model per task
@@ -316,8 +316,6 @@ def markdown(tasks, metric, extras, rows, found: Collected, sources: list[str], 
 
 def csv_text(tasks, metric, extras, rows) -> str:
     """Every run on its own line (dense rows first per model), raw floats, with lm-eval's stderr per task."""
-    from diet.report.collect import stderr_name
-
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["model", "method", "target", "sparsity", *extras, "seed", "achieved_sparsity", "params_ratio",

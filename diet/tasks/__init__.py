@@ -7,6 +7,7 @@ and evaluation (lm-eval's simple_evaluate) both go through the builtin prompt te
 import difflib
 import functools
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,7 @@ _SPLIT_KEYS = ("training_split", "validation_split", "test_split", "fewshot_spli
 @functools.cache
 def _builtin_task_manager():
     """lm-eval's full TaskManager; indexing its ~14,700 builtin tasks takes 6-12 s, so it is built at most once."""
-    import time
-
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # over a second to import: only building tasks needs it
 
     start = time.perf_counter()
     manager = TaskManager()

@@ -9,7 +9,7 @@ from diet import cache
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # seconds to import: only when a run writes its plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -34,7 +34,7 @@ def jaccard(per_task_masks: dict[str, dict[str, torch.Tensor]]) -> tuple[list[st
 
 
 def write_all(run_dir: Path, masks: dict[str, torch.Tensor], per_task_masks: dict, votes: dict,
-              scores: dict[str, torch.Tensor] | None, target: str) -> list[Path]:
+              scores: dict[str, torch.Tensor] | None) -> list[Path]:
     plt = _pyplot()
     written = []
     per_layer = {"mlp": ("FFN neurons", "kept_per_layer.png"), "heads": ("attention heads", "kept_heads_per_layer.png")}
