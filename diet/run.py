@@ -32,6 +32,7 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
     calib_sets = stages.calibrate(plan, task_objects)
     loaded = models.load(cfg.model, device=device, cache_dir=str(cache_dir), seed=cfg.seed)
     loaded = plan.transform(loaded, calib_sets)
+    stages.check_budgets(plan, loaded)  # before any work: rounding that misses the budget, or prunes nothing
 
     recorder.status("running", stage="profile")
     t = time.perf_counter()
@@ -94,13 +95,12 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
 
 
 def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings):
-    """Prune the loaded model in place (saving it on request) and evaluate it: (metrics, pruned parameter count)."""
+    """Prune the loaded model in place, evaluate it, then save it on request (a saving problem never costs the
+    evaluation): (metrics, pruned parameter count)."""
     dense_params = prune.count_params(loaded.model)
     recorder.status("running", stage="prune")
     t = time.perf_counter()
     pruned_params = stages.prune(plan, loaded, masks, stats)
-    if cfg.prune.save:
-        prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
     timings["prune"] = time.perf_counter() - t
     log.info("prune: %d -> %d parameters (%.3f) in %.2f s", dense_params, pruned_params,
              pruned_params / dense_params, timings["prune"])
@@ -111,6 +111,11 @@ def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs,
     if cfg.eval.log_samples:
         recorder.json("eval_samples.json", evaluated["samples"])
     timings["eval"] = time.perf_counter() - t
+    if cfg.prune.save:
+        t = time.perf_counter()
+        recorder.status("running", stage="save")
+        prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
+        timings["save"] = time.perf_counter() - t
     return evaluated["metrics"], pruned_params
 
 

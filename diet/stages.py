@@ -12,7 +12,10 @@ from pathlib import Path
 
 import torch
 
-from diet import DietError, evaluate, profile as profile_lib, prune as prune_lib, vote as vote_lib
+from diet import DietError, evaluate, methods
+from diet import profile as profile_lib
+from diet import prune as prune_lib
+from diet import vote as vote_lib
 from diet.tasks import calibration, load_tasks
 
 log = logging.getLogger("diet")
@@ -64,7 +67,7 @@ class Votes:
 
 def vote(plan, loaded, stats: dict) -> Votes:
     """The vote stage: each target's scores from the method, voted into masks by the target under the plan's
-    rules; a target that rounding leaves unpruned is an error, a budget missed by more than 0.05 a warning."""
+    rules (what rounding makes of the budget was checked before profiling: `check_budgets`)."""
     model, adapter = loaded.model, loaded.adapter
     if warning := prune_lib.gpu_alignment_warning(profile_lib.input_device(model, adapter), plan.rules.multiple_of):
         log.warning(warning)
@@ -80,7 +83,6 @@ def vote(plan, loaded, stats: dict) -> Votes:
                     raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
                                     f"has {widths[group]}; delete the stale cache under cache_dir")
         masks, per_task, votes = target.vote(model, adapter, scores, plan.rules)
-        check_budget(target, masks, target.multiple_of(model, adapter, plan.rules.multiple_of))
         out.masks.update(masks)
         if len(scores) > 1:
             for task, task_masks in per_task.items():
@@ -92,8 +94,18 @@ def vote(plan, loaded, stats: dict) -> Votes:
     return out
 
 
+def check_budgets(plan, loaded) -> None:
+    """What rounding to allowed widths makes of each target's budget, from a vote of seeded scores (the kept
+    widths of scope=layer do not depend on the scores; global ones land within the rounding of them): a target
+    left unpruned is an error, a budget missed by more than 0.05 a warning, both before any profiling."""
+    model, adapter = loaded.model, loaded.adapter
+    for target in plan.targets:
+        scores = {"dry": methods.draw_scores(target.widths(model, adapter), plan.seed)}
+        masks = target.vote(model, adapter, scores, plan.rules)[0]
+        check_budget(target, masks, target.multiple_of(model, adapter, plan.rules.multiple_of))
+
+
 def check_budget(target, masks: dict, multiple_of: int) -> None:
-    """Rounding to allowed widths must not leave a target unpruned, and should land near its sparsity."""
     achieved = vote_lib.achieved_sparsity(masks)
     widths = sorted({m.numel() for m in masks.values()})
     if target.sparsity > 0 and achieved == 0:

@@ -196,6 +196,7 @@ def test_a_target_rounding_leaves_unpruned_is_one_line_and_writes_no_result(tmp_
         "prune.multiple_of: 128 leaves prune.target=hidden unpruned at sparsity 0.25 (widths 64; each keeps a "
         "multiple of 128 or its full width); allowed: a smaller prune.multiple_of (1 = exact) or a larger sparsity")
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "mask.safetensors").exists()
+    assert not (tmp_path / "cache" / "profile").exists()  # said before any profiling
 
 
 def test_a_budget_missed_by_rounding_is_a_warning_and_stage_profile_runs_nothing_else(tmp_path, caplog):
@@ -203,11 +204,13 @@ def test_a_budget_missed_by_rounding_is_a_warning_and_stage_profile_runs_nothing
 
     cache_dir = tmp_path / "cache"
     cfg = compose(*QUICK, "prune.multiple_of=64", "sparsity=0.3", f"cache_dir={cache_dir}")
-    with caplog.at_level("WARNING", logger="diet"):
+    with caplog.at_level("INFO", logger="diet"):
         result = run.run(cfg, tmp_path / "run")
     assert result.sparsity == {"requested": 0.3, "achieved": 0.5}
-    assert "prune: mlp removes 0.5 of its dimensions, 0.3 requested (kept widths are multiples of 64; " \
-           "prune.multiple_of=1 is exact)" in caplog.text
+    warning = ("prune: mlp removes 0.5 of its dimensions, 0.3 requested (kept widths are multiples of 64; "
+               "prune.multiple_of=1 is exact)")
+    assert caplog.text.count(warning) == 1
+    assert caplog.text.index(warning) < caplog.text.index("profile cache: miss")  # at the start of the run
     profiled = compose(*QUICK, "stage=profile", "eval.dense=true", "seed=1", f"cache_dir={cache_dir}")
     assert run.run(profiled, tmp_path / "profile") == {"profile_cache": {n: "miss" for n in profiled.tasks.names}}
     assert not (cache_dir / "dense_eval").exists()  # the stage that only fills the profile cache evaluates nothing

@@ -1,6 +1,7 @@
 """target=heads: physical removal equals the dense model with those heads' outputs zeroed, for every family,
 grouped-query attention included; config head counts and save/load; the GQA rules of the vote; per-head stats."""
 import copy
+import json
 
 import pytest
 import torch
@@ -206,3 +207,21 @@ def test_per_head_scores_equal_a_naive_recomputation():
                            ("act_l2", (x.square().sum(dim=(0, 2)) / tokens).sqrt()),
                            ("act_max", x.abs().amax(dim=(0, 2)))):
             torch.testing.assert_close(scores[name][f"heads.{i}"].double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "llama"])
+def test_a_kept_head_count_that_does_not_divide_the_hidden_size_saves_and_loads_back(family, tmp_path):
+    """Gemma-3 270M has 4 heads and 1 KV head: removing one leaves 3, which transformers refuses as a headline
+    count (hidden 640 % 3; Llama's config validates the same way). The checkpoint headlines a count it accepts and stores the real per-layer counts;
+    load_pruned rebuilds them exactly, and plain from_pretrained refuses the shapes instead of loading wrong ones."""
+    model = tiny_model(family, num_key_value_heads=1)
+    adapter = get_adapter(model)
+    pruned = prune_model(model, adapter, heads_masks([1, 1, 0, 1], [0, 1, 1, 1]), "heads")
+    assert [adapter.num_heads(layer) for layer in adapter.decoder_layers(pruned)] == [3, 3]
+    save_pruned(pruned, None, tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    reloaded, _ = load_pruned(tmp_path / "m", attn_implementation="eager")
+    torch.testing.assert_close(logits(reloaded), logits(pruned), atol=0, rtol=0)
+    assert saved["num_attention_heads"] == 4 and saved["attention_heads"] == [3, 3]
+    with pytest.raises(Exception, match="mismatch|size"):
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m")

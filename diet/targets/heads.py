@@ -69,12 +69,34 @@ def set_head_counts(model, adapter, kept_heads: list[torch.Tensor]) -> None:
     config = model.config
     config.head_dim = adapter.head_dim(model)
     config.num_attention_heads, config.num_key_value_heads = max(heads), max(kv_heads)
-    if len(set(zip(heads, kv_heads))) == 1:
+    if len(set(zip(heads, kv_heads))) == 1 and _valid(config):
         for name in ("attention_heads", "key_value_heads"):
             if hasattr(config, name):
                 delattr(config, name)
-    else:
-        config.attention_heads, config.key_value_heads = heads, kv_heads
+        return
+    config.attention_heads, config.key_value_heads = heads, kv_heads
+    if not _valid(config):
+        # transformers refuses the headline counts (Gemma-3: hidden_size % num_attention_heads != 0, e.g. 3 of 4
+        # heads of a 640-wide model): headline the smallest larger count it accepts; load_pruned builds that and
+        # slices every layer to its stored count (plain from_pretrained then refuses the shapes, as it should)
+        for n in range(max(heads) + 1, config.hidden_size + 1):
+            config.num_attention_heads = n
+            config.num_key_value_heads = next(k for k in range(max(kv_heads), n + 1) if n % k == 0)
+            if _valid(config):
+                return
+        raise DietError(f"prune.target=heads: no head count transformers accepts in a {type(config).__name__} of "
+                        f"hidden size {config.hidden_size} holds {max(heads)} heads")
+
+
+def _valid(config) -> bool:
+    """Whether transformers' own config validation (run when a config is saved or built) accepts `config`."""
+    try:
+        validate = getattr(config, "validate", None)
+        if validate is not None:
+            validate()
+    except Exception:  # huggingface_hub's StrictDataclassClassValidationError, or a ValueError of older configs
+        return False
+    return True
 
 
 class HeadsTarget(Target):
