@@ -1,6 +1,7 @@
 """Validation of the composed Hydra config: every user mistake becomes one DietError line (key, value, allowed)."""
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import shutil
 import sys
@@ -247,6 +248,76 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise DietError(f"{group}: unknown choice '{value}'; allowed: {', '.join(choices)}{where}")
 
 
+FREE_FORM = ("model.config",)  # handed on as they are (a tiny model's transformers config)
+
+
+def _leaf_keys(node, prefix: str = "") -> set[str]:
+    if not isinstance(node, dict) or not node:
+        return {prefix} if prefix else set()
+    keys = set()
+    for key, value in node.items():
+        if prefix == "" and key in ("defaults", "hydra"):
+            continue
+        keys |= _leaf_keys(value, f"{prefix}.{key}" if prefix else str(key))
+    return keys
+
+
+def known_keys(dirs: list[Path]) -> set[str]:
+    """Every config key diet reads: the leaves of config.yaml and of every file of every config group (under its
+    package: `model.*` for conf/model/, the root for `# @package _global_` files), in diet's and the user's folders."""
+    keys: set[str] = set()
+    for folder in dirs:
+        main = folder / "config.yaml"
+        packages = {}
+        if main.is_file():
+            content = OmegaConf.to_container(OmegaConf.load(main), resolve=False)
+            keys |= _leaf_keys(content)
+            for entry in content.get("defaults", []):
+                name = entry if isinstance(entry, str) else ""
+                if "@" in name and "/" not in name:  # model_defaults@model: a root file under a package
+                    packages[name.split("@")[0]] = name.split("@")[1]
+        for path in sorted(folder.rglob("*.yaml")):
+            relative = path.relative_to(folder)
+            if relative.parts[0] == "hydra" or path == main:
+                continue
+            content = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+            if path.read_text().lstrip().startswith("# @package _global_"):
+                package = ""
+            elif len(relative.parts) == 1:
+                package = packages.get(path.stem, "")
+            else:
+                package = ".".join(relative.parts[:-1])
+            keys |= _leaf_keys(content, package) if package else _leaf_keys(content)
+    return keys
+
+
+def _is_known(key: str, keys: set[str]) -> bool:
+    return (key in keys or any(k.startswith(key + ".") for k in keys)
+            or any(key == f or key.startswith(f + ".") for f in FREE_FORM))
+
+
+def unknown_key_error(key: str, keys: set[str]) -> DietError:
+    nearest = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.5)
+    hint = f"the nearest known key is {nearest[0]}" if nearest else "see conf/config.yaml for the keys"
+    return DietError(f"{key}: unknown key (no part of diet reads it); allowed: a known key ({hint})")
+
+
+def check_override_keys(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """A typo'd key (`sparsityy=0.3`, `calib.n_sample=32`, or `+sparsityy=0.3`, which Hydra would accept and ignore)
+    is one line naming it and the nearest known key, before Hydra composes anything."""
+    dirs = config_dirs(argv, conf_dir)
+    groups = {str(p.relative_to(d)) for d in dirs for p in d.rglob("*") if p.is_dir()}
+    keys = known_keys(dirs)
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra") or key in groups or key.split("@")[0] in groups:
+            continue
+        if not _is_known(key, keys):
+            raise unknown_key_error(key, keys)
+
+
 def check_launcher(argv: list[str]) -> None:
     """submitit_slurm composes anywhere but fails at launch off a cluster with a stack trace; say it in one line."""
     multirun = "-m" in argv or "--multirun" in argv
@@ -264,5 +335,6 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The config `python -m diet.run OVERRIDES` would run, composed in-process (for `run.run`, tests, notebooks).
     Hydra's own keys (`hydra.*`) are not part of it."""
     check_group_choices(list(overrides))
+    check_override_keys(list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))

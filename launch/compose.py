@@ -86,6 +86,7 @@ def check(overrides: list[str], cover_only: bool = False, sizes_checked: list | 
             job = jobs[num]
             try:
                 config.check_group_choices(job)
+                config.check_override_keys(job)
                 cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
                 OmegaConf.to_container(cfg.hydra.launcher, resolve=True)  # gpus/mem from the model config resolve
                 task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
