@@ -64,6 +64,18 @@ def test_methods_that_do_not_vote_are_one_line_each_against_sparsity():
     assert not panel.references
 
 
+def test_which_keys_a_method_ignores_come_from_the_method_registry():
+    def row(method, **settings):
+        return build_table([fake_run(method, 0.2, 0.1875, 0.5, **settings)])[3][0]
+
+    assert [plots.ignores(row(m), "vote.method") for m in ("diet", *NON_VOTING)] == [False, True, True, True, True]
+    assert plots.ignores(row("diet", calib__source="generic"), "vote.method")  # pooled: nothing to vote
+    assert [plots.ignores(row(m), "scoring.name") for m in ("diet", "generic", "magnitude", "random")] == [
+        False, False, True, True]
+    assert plots.ignores(row("random"), "calib.n_samples") and not plots.ignores(row("generic"), "calib.n_samples")
+    assert not plots.ignores(row("diet"), "sparsity") and not plots.ignores(row("some_future_method"), "vote.method")
+
+
 def test_sparsity_axis_is_the_achieved_sparsity():
     runs = [fake_run("diet", s, a, 0.9 - s) for s, a in ((0.2, 0.1875), (0.3, 0.3125), (0.4, 0.375))]
     (panel,) = panels(build_table(runs)[3], "sparsity", "sparsity")

@@ -1,10 +1,11 @@
 """Plots: average accuracy against achieved sparsity and against each swept key, one subplot per model, one line per
 other setting, error bars the sample sd over seeds.
 
-`panels` computes everything a plot shows (the tests read it); `plot_against` only draws it. A method that does not
-read the plotted key (no vote for generic, magnitude, random and per_task; no scoring for magnitude and random) is a
-horizontal reference line, never a point at some value of the key it ignores. Lines whose points coincide are offset
-sideways (and the axis says so), so that one never hides another.
+`panels` computes everything a plot shows (the tests read it), `figure` draws it, `plot_against` writes the PNG. A
+method that does not read the plotted key (no vote for generic, magnitude, random and per_task; no scoring for
+magnitude and random) is a reference: a faint horizontal line plus a point in a column of its own, never a point at
+some value of the key it ignores, and keys it ignores never split its line. Points that coincide are offset sideways
+(and the axis says so), so that none hides another. The legend stands beside the axes.
 """
 from __future__ import annotations
 
@@ -234,8 +235,9 @@ def figure(rows: list[Row], key: str, name: str):
                                        marker=MARKERS[i % len(MARKERS)], label=line.label, color=line_colour[i]))
         methods = list(dict.fromkeys(r.method for r in panel.references))
         for ref in panel.references:  # a faint line across, and a point in the references' own column
-            style = dict(color=by_group[ref.group], linestyle=REFERENCE_STYLES[methods.index(ref.method) % 5],
-                         marker=REFERENCE_MARKERS[methods.index(ref.method) % 5])
+            kind = methods.index(ref.method)
+            style = dict(color=by_group[ref.group], linestyle=REFERENCE_STYLES[kind % len(REFERENCE_STYLES)],
+                         marker=REFERENCE_MARKERS[kind % len(REFERENCE_MARKERS)])
             ax.axhline(ref.y, linewidth=1, alpha=0.55, **{**style, "marker": None})
             ax.errorbar([ref.x], [ref.y], yerr=[ref.sd] if ref.sd else None, capsize=3, markersize=7,
                         **{**style, "linestyle": "none"})
