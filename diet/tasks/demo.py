@@ -12,6 +12,7 @@ a sum share their tens digit, so lm-eval's logits cache scores the four choices 
 import json
 import os
 import random
+import shlex
 from pathlib import Path
 
 from diet import cache
@@ -242,3 +243,41 @@ def demo_task_config(name: str, data_dir: str | os.PathLike) -> dict:
         ],
         "metadata": {"version": 2.0, "demo_seed": DEMO_SEED},
     }
+
+
+CLI_TAG = "diet_demo"  # `lm_eval --tasks diet_demo` evaluates all four
+
+
+def write_task_configs(out_dir: str | os.PathLike) -> list[Path]:
+    """Writes OUT_DIR/<task>.yaml for every demo task (the config diet evaluates with, plus the tag `diet_demo`) and its
+    data under OUT_DIR/data/<task>/, so that lm-eval's own CLI finds the demo tasks:
+    `lm_eval --include_path OUT_DIR --tasks demo_capitals ...` (or `--tasks diet_demo` for all four). The YAML names
+    its data files by absolute path, so lm-eval can start anywhere; move the folder and write it again."""
+    import yaml  # PyYAML comes with lm-eval; only this command needs it
+
+    out = Path(out_dir).resolve()
+    written = []
+    for name in DEMO_TASKS:
+        config = {**demo_task_config(name, out / "data"), "tag": CLI_TAG}
+        path = out / f"{name}.yaml"
+        cache.atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m diet.tasks --write-configs DIR"""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m diet.tasks",
+        description="Write the demo tasks as lm-eval task configs (YAML plus their JSONL data), for lm-eval's CLI.")
+    parser.add_argument("--write-configs", metavar="DIR", type=Path, required=True,
+                        help="folder to write <task>.yaml and data/<task>/{train,validation}.jsonl into")
+    args = parser.parse_args(argv)
+    written = write_task_configs(args.write_configs)
+    where = shlex.quote(str(args.write_configs.resolve()))
+    print(f"wrote {len(written)} lm-eval task configs to {where}: {', '.join(p.name for p in written)} "
+          f"(data in {where}/data)\n"
+          f"evaluate a saved model with: lm_eval --model hf --model_args pretrained=PATH --include_path {where} "
+          f"--tasks {CLI_TAG}   (or --tasks {','.join(DEMO_TASKS)})")
