@@ -83,20 +83,34 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
     recorder.result(result)
     plot_paths = mask_plots.write_all(recorder.dir, voted.masks, voted.per_task, voted.votes,
                                       voted.mean_scores)
-    recorder.status("done")
+    save_error = save_model(loaded, recorder.dir / "pruned_model") if cfg.prune.save else None
+    recorder.status("done" if save_error is None else "failed", **({"error": save_error} if save_error else {}))
     print(record.summary(result))
     tracking.log_run(
         OmegaConf.to_container(cfg.logger, resolve=True), run_dir=str(recorder.dir),
         config=OmegaConf.to_container(cfg, resolve=True), results=result, mask_path=str(mask_path),
         plot_paths=[str(p) for p in plot_paths],
-        model_dir=str(recorder.dir / "pruned_model") if cfg.prune.save else None,
+        model_dir=str(recorder.dir / "pruned_model") if cfg.prune.save and save_error is None else None,
         name=name or cfg.model.name, group=group)
+    if save_error is not None:
+        raise DietError(save_error)
     return result
 
 
+def save_model(loaded, path: Path) -> str | None:
+    """Write the pruned model after its evaluation is recorded, so a saving problem never costs the evaluation;
+    returns the one-line error, or None."""
+    try:
+        prune.save_pruned(loaded.model, loaded.tokenizer, path)
+    except Exception as err:  # transformers refusing a config, a full disk: the run's results stand
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:300]
+        return (f"prune.save: pruned_model/ could not be written ({type(err).__name__}: {reason}); the evaluation "
+                f"is in {path.parent / 'results.json'}")
+    return None
+
+
 def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings):
-    """Prune the loaded model in place, evaluate it, then save it on request (a saving problem never costs the
-    evaluation): (metrics, pruned parameter count)."""
+    """Prune the loaded model in place and evaluate it: (metrics, pruned parameter count)."""
     dense_params = prune.count_params(loaded.model)
     recorder.status("running", stage="prune")
     t = time.perf_counter()
@@ -111,11 +125,6 @@ def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs,
     if cfg.eval.log_samples:
         recorder.json("eval_samples.json", evaluated["samples"])
     timings["eval"] = time.perf_counter() - t
-    if cfg.prune.save:
-        t = time.perf_counter()
-        recorder.status("running", stage="save")
-        prune.save_pruned(loaded.model, loaded.tokenizer, recorder.dir / "pruned_model")
-        timings["save"] = time.perf_counter() - t
     return evaluated["metrics"], pruned_params
 
 

@@ -1,5 +1,6 @@
 """The pieces the literature's methods plug into: declared statistics, the plan, transforms, layer-io hooks."""
 import copy
+import json
 import dataclasses
 
 import pytest
@@ -230,3 +231,21 @@ def test_act_var_is_each_channels_variance_over_calibration_tokens(tiny_models):
             if target.name == "heads":
                 variance = variance.reshape(-1, model.config.head_dim).sum(dim=1)
             torch.testing.assert_close(scores[point].double(), variance, rtol=1e-3, atol=1e-6)
+
+
+def test_a_saving_problem_never_costs_the_evaluation(tmp_path, monkeypatch):
+    from diet import prune, run
+
+    def refuse(model, tokenizer, path):
+        raise ValueError("validation error\nThe hidden size (640) is not a multiple of the number of attention heads (3).")
+
+    monkeypatch.setattr(prune, "save_pruned", refuse)
+    cfg = compose(*QUICK, "prune.save=true", f"cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(DietError) as err:
+        run.run(cfg, tmp_path / "run")
+    assert str(err.value) == (
+        "prune.save: pruned_model/ could not be written (ValueError: The hidden size (640) is not a multiple of the "
+        f"number of attention heads (3).); the evaluation is in {tmp_path / 'run' / 'results.json'}")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["metrics"]) == set(cfg.tasks.names)
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
