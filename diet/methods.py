@@ -9,6 +9,8 @@ A method declares
   transform      the model transform it needs before profiling (diet/transforms/; "none")
   per_task_eval  True when each task is evaluated with its own mask instead of the merged one
   options        its own settings ({key: Option}), set in conf/method/<name>.yaml beside `name`
+  targets        the targets it can rank (empty: any); config.plan refuses the others in one line
+  uses_weight_norms  its scores read the target's weight norms (a target without them cannot be ranked by it)
 Adding a method: one entry in METHODS plus conf/method/<name>.yaml; config.py reads the names from here.
 """
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Method:
     per_task_eval: bool = False
     uses_scores_for_plots: bool = True  # False: the scores mean nothing to plot (random)
     options: dict[str, Option] = field(default_factory=dict)
+    targets: tuple[str, ...] = ()
+    uses_weight_norms: bool = False
 
     def calibration_for(self, source: str) -> str:
         """`calib.source=generic` pools the calibration of a per-task method (one ranking, nothing voted)."""
@@ -70,7 +74,7 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diet", "task", activation_scores),
     Method("generic", "pooled", activation_scores),
-    Method("magnitude", "none", magnitude_scores, uses_scoring=False),
+    Method("magnitude", "none", magnitude_scores, uses_scoring=False, uses_weight_norms=True),
     Method("random", "none", random_scores, uses_scoring=False, uses_scores_for_plots=False),
     Method("per_task", "task", activation_scores, per_task_eval=True),
 )}
