@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from diet import scoring
+from diet import layer_methods, scoring
 from diet.options import Option
 from diet.targets import group_index
 from diet.vote import sorted_groups
@@ -77,4 +77,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("magnitude", "none", magnitude_scores, uses_scoring=False, uses_weight_norms=True),
     Method("random", "none", random_scores, uses_scoring=False, uses_scores_for_plots=False),
     Method("per_task", "task", activation_scores, per_task_eval=True),
+    Method("shortgpt", "pooled", layer_methods.shortgpt_scores, uses_scoring=False, stats=("layer_cos",),
+           targets=("layers",)),
 )}
