@@ -14,7 +14,8 @@ Removal goes through `prune.remove_layers` (renumbered layers, `num_hidden_layer
 one with the removed layers skipped (`zero_masked`: each removed layer replaced by a pass-through that returns its
 input). That reference is for full-sequence forwards: a pass-through never writes its KV-cache slot, and
 transformers reads the cached length from layer 0, so cached generation of the reference is wrong when layer 0 is
-removed (the physically pruned model has no such slot and generates correctly; tests/test_layers.py).
+removed (the physically pruned model has no such slot and generates correctly; tests/test_layers.py). `restore`
+has nothing to do: the saved config holds `num_hidden_layers` and each kept layer's `layer_types` entry.
 
 A run prunes layers alone (`exclusive`): one run has one scoring and one method, and none ranks both whole layers
 and channels; prune layers and channels in two runs, the second on the first's pruned_model.
