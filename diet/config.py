@@ -124,6 +124,10 @@ def _target_names(cfg: DictConfig) -> list[str]:
     names = [chosen] if isinstance(chosen, str) else [str(n) for n in chosen]
     _require(len(names) >= 1 and all(n in TARGETS for n in names) and len(set(names)) == len(names), "prune.target",
              chosen, f"{', '.join(TARGETS)}, or a list of them, each once (e.g. [mlp,heads])")
+    alone = [n for n in names if targets.TARGETS[n].exclusive]
+    _require(len(names) == 1 or not alone, "prune.target", chosen,
+             f"{alone[0] if alone else ''} alone (a run has one scoring and one method, and none ranks both whole "
+             "layers and channels: prune them in two runs, the second on the first's pruned_model)")
     return names
 
 
@@ -152,6 +156,26 @@ def _targets(cfg: DictConfig) -> tuple:
 def _piece_options(group: DictConfig, group_name: str, piece) -> dict:
     given = {k: v for k, v in OmegaConf.to_container(group, resolve=True).items() if k != "name"}
     return options.resolve(group_name, piece.name, piece.options, given)
+
+
+def _has_weight_norms(target) -> bool:
+    return type(target).weight_norms is not targets.Target.weight_norms
+
+
+def _check_ranks(method, chosen_scoring, target) -> None:
+    """The method (and its scoring, when it reads one) can rank the target's dimensions."""
+    which = f"prune.target={target.name}"
+    ranking = [m.name for m in methods.METHODS.values() if (not m.targets or target.name in m.targets)
+               and (_has_weight_norms(target) or not m.uses_weight_norms)]
+    ranks = f" (method={method.name} ranks prune.target={', '.join(method.targets)})" if method.targets else ""
+    _require(method.name in ranking, "method", method.name, f"a method that ranks {which}: {', '.join(ranking)}{ranks}")
+    if not method.uses_scoring:
+        return
+    recorded = lambda s: all(stats.get(n).hook in ("any", target.hook_kind) for n in s.stats) and (  # noqa: E731
+        _has_weight_norms(target) or not s.uses_weights)
+    _require(recorded(chosen_scoring), "scoring", chosen_scoring.name,
+             f"a scoring of what {which} records at its {target.hook_kind} hooks: "
+             f"{', '.join(s.name for s in scoring.SCORINGS.values() if recorded(s))}")
 
 
 def plan(cfg: DictConfig) -> Plan:
@@ -183,9 +207,11 @@ def plan(cfg: DictConfig) -> Plan:
         _require(compensation == "none" or t.compensable, "prune.compensation", compensation,
                  f"none with prune.target={t.name} (mean compensates targets that feed an output projection: "
                  f"{', '.join(n for n, c in targets.TARGETS.items() if c.compensable) or 'none yet'})")
-    statistics = stats.resolve(
-        (chosen_scoring.stats if method.uses_scoring else ()) + method.stats + COMPENSATIONS[compensation])
-    for name in statistics:
+    for t in chosen_targets:
+        _check_ranks(method, chosen_scoring, t)
+    declared = (chosen_scoring.stats if method.uses_scoring else ()) + method.stats + COMPENSATIONS[compensation]
+    statistics = stats.resolve(declared)
+    for name in declared:  # stats.BASE is recorded wherever its hook kind is hooked, and nowhere else
         kind = stats.get(name).hook
         _require(kind == "any" or any(t.hook_kind == kind for t in chosen_targets), "prune.target",
                  "+".join(t.name for t in chosen_targets),

@@ -9,6 +9,10 @@ A method declares
   transform      the model transform it needs before profiling (diet/transforms/; "none")
   per_task_eval  True when each task is evaluated with its own mask instead of the merged one
   options        its own settings ({key: Option}), set in conf/method/<name>.yaml beside `name`
+  targets        the targets it can rank (empty: any); config.plan refuses the others in one line
+  uses_weight_norms  its scores read the target's weight norms (a target without them cannot be ranked by it)
+  uses_model     its scores run the model on the calibration batches at vote time (SLEB's greedy): `scores` then
+                 takes a keyword `context` (a ScoreContext) from the vote stage
 Adding a method: one entry in METHODS plus conf/method/<name>.yaml; config.py reads the names from here.
 """
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from diet import scoring
+from diet import layer_methods, scoring
 from diet.options import Option
 from diet.targets import group_index
 from diet.vote import sorted_groups
@@ -51,6 +55,19 @@ def random_scores(target, model, adapter, stats, chosen, seed):
 
 
 @dataclass(frozen=True)
+class ScoreContext:
+    """What the vote stage hands a method that declares `uses_model`."""
+    tokenizer: object
+    calib_sets: dict            # {set name: tasks.calibration.CalibrationSet}, as the calibration stage drew them
+    calib: dict                 # the calib.* settings (max_length, batch_size, ...)
+    options: dict               # the method's own options, resolved
+
+
+def _non_negative_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     calibration: str
@@ -61,6 +78,9 @@ class Method:
     per_task_eval: bool = False
     uses_scores_for_plots: bool = True  # False: the scores mean nothing to plot (random)
     options: dict[str, Option] = field(default_factory=dict)
+    targets: tuple[str, ...] = ()
+    uses_weight_norms: bool = False
+    uses_model: bool = False
 
     def calibration_for(self, source: str) -> str:
         """`calib.source=generic` pools the calibration of a per-task method (one ranking, nothing voted)."""
@@ -70,7 +90,13 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("diet", "task", activation_scores),
     Method("generic", "pooled", activation_scores),
-    Method("magnitude", "none", magnitude_scores, uses_scoring=False),
+    Method("magnitude", "none", magnitude_scores, uses_scoring=False, uses_weight_norms=True),
     Method("random", "none", random_scores, uses_scoring=False, uses_scores_for_plots=False),
     Method("per_task", "task", activation_scores, per_task_eval=True),
+    Method("shortgpt", "pooled", layer_methods.shortgpt_scores, uses_scoring=False, stats=("layer_cos",),
+           targets=("layers",)),
+    Method("sleb", "pooled", layer_methods.sleb_scores, uses_scoring=False, targets=("layers",), uses_model=True,
+           uses_scores_for_plots=False, options={
+               key: Option(1, _non_negative_int, "an integer >= 0 (the reference's default is 1)")
+               for key in ("early_barrier", "latter_barrier")}),
 )}

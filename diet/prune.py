@@ -2,8 +2,10 @@
 
 Masks are bool keep-masks: `"mlp.<layer index>"` (length: that layer's MLP width) for `target="mlp"`, one
 `"hidden"` mask (length: the residual width, shared by every layer) for `target="hidden"`, `"heads.<layer index>"`
-(length: that layer's query heads) for `target="heads"`; a list of targets takes their masks together. The slicing
-itself lives with each target (`diet/targets/`); this module validates the masks, dispatches, saves and loads.
+(length: that layer's query heads) for `target="heads"`, one `"layers"` mask (length: num_hidden_layers) for
+`target="layers"` (the masked-out layers go through `remove_layers`, below); a list of targets takes their masks
+together. The slicing itself lives with each target (`diet/targets/`); this module validates the masks,
+dispatches, saves and loads.
 Weights are sliced one tensor at a time and the old Parameter is replaced, so a second full copy of the model never
 exists.
 

@@ -60,7 +60,7 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
 
     recorder.status("running", stage="vote")
     t = time.perf_counter()
-    voted = stages.vote(plan, loaded, stats)
+    voted = stages.vote(plan, loaded, stats, calib_sets)
     timings["vote"] = time.perf_counter() - t
     sparsity = record.sparsity(cfg.sparsity, voted.masks, plan.targets)
     log.info("vote: %s, sparsity %s", plan.method.name, sparsity)

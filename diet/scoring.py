@@ -19,6 +19,10 @@ Targets whose dimensions are single channels (mlp, hidden) are unaffected by the
           repository scores a channel by ||x_j||_2 * mean_i |W_ij|). Wanda's ||X|| is sqrt(sum x^2); we use
           sqrt(mean x^2), which differs by sqrt(token count), a constant per hook point that the per-group (and, for
           `hidden`, per-point) normalisation removes, so masks are the same either way.
+  block_influence: ShortGPT's Block Influence of a decoder layer, 1 - the mean over calibration tokens (padding
+          excluded) of cos(layer input, layer output), the layer's own output before the final norm (the reference
+          code reads the post-norm last hidden state for the last layer: see docs/architecture.md). A layer that
+          changes its input little scores low and goes first (prune.target=layers).
 A target then aggregates the per-point scores into its mask groups (`hidden` averages normalised point scores).
 Adding a scoring: one `Scoring` in SCORINGS plus conf/scoring/<name>.yaml (its options, if any, beside `name`).
 """
@@ -63,6 +67,10 @@ def _variance(s, norms):
     return (s["sum_sq"] / n - (s["sum"] / n).square()).clamp_min(0.0)
 
 
+def _block_influence(s, norms):
+    return 1.0 - s["layer_cos"] / s["count"].clamp_min(1.0)
+
+
 def _wanda(s, norms):
     return _rms(s, None).cpu() * norms.float().cpu()
 
@@ -73,6 +81,7 @@ SCORINGS: dict[str, Scoring] = {s.name: s for s in (
     Scoring("act_max", _max_abs, ("max_abs",), group_reduce="max"),
     Scoring("wanda", _wanda, ("sum_sq", "count"), uses_weights=True, group_reduce="stats"),
     Scoring("act_var", _variance, ("sum", "sum_sq", "count"), group_reduce="sum"),
+    Scoring("block_influence", _block_influence, ("layer_cos", "count"), group_reduce="sum"),
 )}
 
 

@@ -65,17 +65,20 @@ class Votes:
     mean_scores: dict | None    # {key: mean normalised score}, for the plots (None when scores mean nothing)
 
 
-def vote(plan, loaded, stats: dict) -> Votes:
+def vote(plan, loaded, stats: dict, calib_sets: dict | None = None) -> Votes:
     """The vote stage: each target's scores from the method, voted into masks by the target under the plan's
-    rules (what rounding makes of the budget was checked before profiling: `check_budgets`)."""
+    rules (what rounding makes of the budget was checked before profiling: `check_budgets`). A method that runs
+    the model itself (`uses_model`, SLEB) gets a `context`: the tokenizer and `calib_sets`."""
     model, adapter = loaded.model, loaded.adapter
+    context = {"context": methods.ScoreContext(loaded.tokenizer, calib_sets or {}, plan.calib, plan.method_options)
+               } if plan.method.uses_model else {}
     if warning := prune_lib.gpu_alignment_warning(profile_lib.input_device(model, adapter), plan.rules.multiple_of):
         log.warning(warning)
     out = Votes({}, {}, {}, {})
     for target in plan.targets:
         own = {task: {p: s for p, s in task_stats.items() if p.split(".", 1)[0] == target.name}
                for task, task_stats in stats.items()}
-        scores = plan.method.scores(target, model, adapter, own, plan.scoring, plan.seed)
+        scores = plan.method.scores(target, model, adapter, own, plan.scoring, plan.seed, **context)
         widths = target.widths(model, adapter)
         for task_scores in scores.values():
             for group, score in task_scores.items():

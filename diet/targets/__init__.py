@@ -19,9 +19,10 @@ from diet import DietError
 from diet.targets.base import Target, group_index
 from diet.targets.heads import HeadsTarget
 from diet.targets.hidden import HiddenTarget
+from diet.targets.layers import LayersTarget
 from diet.targets.mlp import MlpTarget
 
-TARGETS: dict[str, type[Target]] = {cls.name: cls for cls in (MlpTarget, HiddenTarget, HeadsTarget)}
+TARGETS: dict[str, type[Target]] = {cls.name: cls for cls in (MlpTarget, HiddenTarget, HeadsTarget, LayersTarget)}
 
 
 def names(target) -> list[str]:
@@ -50,7 +51,8 @@ def widths(model, adapter, chosen) -> dict[str, int]:
 
 
 def owner(key: str) -> str:
-    """The target a mask key belongs to (`mlp.3` -> mlp, `hidden` -> hidden, `heads.0` -> heads)."""
+    """The target a mask key belongs to (`mlp.3` -> mlp, `hidden` -> hidden, `heads.0` -> heads, `layers` ->
+    layers)."""
     return key.split(".", 1)[0]
 
 

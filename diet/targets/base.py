@@ -22,6 +22,7 @@ class Target:
     options: dict = {}
     stats_layout = None       # a profile cache key field, set when what a hook point stores changed (heads)
     compensable = False       # implements `compensation`
+    exclusive = False         # pruned alone: prune.target lists no other target beside it (layers)
 
     def __init__(self, sparsity: float = 0.0, **options):
         self.sparsity = float(sparsity)
