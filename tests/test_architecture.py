@@ -139,8 +139,10 @@ def test_method_options_are_declared_and_checked_by_the_method(monkeypatch):
     cfg.method = OmegaConf.create({"name": "optioned", "alpah": 1.0})
     with pytest.raises(DietError, match=r"^method.alpah: unknown key for method=optioned; allowed: method.alpha$"):
         config.plan(cfg)
+    cfg = compose()
+    cfg.scoring = OmegaConf.create({"name": "act_l2", "p": 3})  # e.g. a user's scoring file with a key it lacks
     with pytest.raises(DietError, match=r"^scoring.p: unknown key for scoring=act_l2; allowed: none"):
-        config.plan(compose("+scoring.p=3"))
+        config.plan(cfg)
 
 
 @pytest.mark.parametrize("overrides,message", [
