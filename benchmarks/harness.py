@@ -11,10 +11,7 @@ import datetime
 import os
 import platform
 import shlex
-import statistics
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,97 +115,10 @@ def calibration_texts(task_objects: dict, n_docs: int) -> dict[str, list[str]]:
     return {name: calibration.calibration_set(task, n_docs, seed=0).texts for name, task in task_objects.items()}
 
 
-# ------------------------------------------------------------------------------------------------------- timing
-
-def interleaved(fns: dict, repeats: int, *, warmup: int = 0, timer=None, log=None) -> dict[str, list[float]]:
-    """Seconds per call of each fn over `repeats` rounds, A B C, B C A, C A B, ... (order rotated every round),
-    after `warmup` untimed rounds. `timer(fn) -> seconds` replaces the wall clock (e.g. CUDA events)."""
-    timer = timer or _wall_time
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            timer(fns[name])
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(timer(fns[name]))
-        if log:
-            log(f"  repeat {r + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
-    return times
-
-
-def _wall_time(fn) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
-
-
-def median_ratio(num: list[float], den: list[float]) -> tuple[float, float, float]:
-    """(median, min, max) of the per-round ratios num[i] / den[i]."""
-    ratios = [a / b for a, b in zip(num, den)]
-    return statistics.median(ratios), min(ratios), max(ratios)
-
-
-# -------------------------------------------------------------------------------------------------------- FLOPs
-
-@dataclass(frozen=True)
-class LayerShape:
-    hidden: int           # residual width the layer reads and writes
-    q_heads: int          # query heads (fewer once heads are pruned)
-    kv_heads: int         # key/value heads (fewer once whole KV groups are pruned)
-    head_dim: int
-    mlp: int              # FFN width
-    window: int | None    # sliding-window length, None = full attention
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    layers: tuple[LayerShape, ...]
-    vocab: int            # LM-head rows
-    head_in: int          # LM-head input width (the final residual width)
-
-
-def decoder_shape(model, adapter) -> DecoderShape:
-    """Read from the weights themselves, so pruned models (per-layer widths, removed heads) count right."""
-    layers = []
-    for layer in adapter.decoder_layers(model):
-        attn = layer.self_attn
-        gate, _, down = adapter.mlp_projections(layer)
-        head_dim = attn.head_dim
-        layers.append(LayerShape(hidden=attn.q_proj.in_features, q_heads=attn.q_proj.out_features // head_dim,
-                                 kv_heads=attn.k_proj.out_features // head_dim, head_dim=head_dim,
-                                 mlp=down.in_features, window=getattr(attn, "sliding_window", None)))
-    head = adapter.lm_head(model)
-    return DecoderShape(tuple(layers), vocab=head.out_features, head_in=head.in_features)
-
-
-def _keys_attended(seq: int, window: int | None, attention: str, context: int | None) -> int:
-    """Query-key pairs per sequence and layer."""
-    w = window or 1 << 62
-    if context is not None:  # decode: `seq` new tokens, each against a cache of `context` keys (a sliding layer
-        return seq * min(context, w)  # keeps only its window)
-    if attention == "full":  # the whole S x S product: eager attention computes it and then applies the causal
-        return seq * seq  # and sliding-window masks to it (torch's FlopCounterMode agrees, tests/test_benchmarks.py)
-    if attention == "causal":  # the work causal attention needs: query p sees keys 0..p (the last `window` of them)
-        return sum(min(p + 1, w) for p in range(seq))
-    raise ValueError(f"attention: {attention!r}; allowed: full, causal")
-
-
-def forward_flops(shape: DecoderShape, batch: int, seq: int, *, attention: str = "full", context: int | None = None,
-                  with_head: bool = False) -> int:
-    """Matmul FLOPs (2 per multiply-add) of one forward of batch x seq tokens: per layer q, k, v, o (by head
-    counts, so removed heads and KV groups drop out), gate, up, down, and attention scores + values (2 * head_dim
-    each per query-key pair and query head); plus the LM head with `with_head`. Norms, activations, rotary and the
-    embedding lookup are not counted."""
-    total = 0
-    for ly in shape.layers:
-        q, kv = ly.q_heads * ly.head_dim, ly.kv_heads * ly.head_dim
-        per_token = 2 * ly.hidden * (q + 2 * kv) + 2 * q * ly.hidden + 3 * 2 * ly.hidden * ly.mlp
-        pairs = _keys_attended(seq, ly.window, attention, context)
-        total += batch * (seq * per_token + pairs * 2 * 2 * ly.head_dim * ly.q_heads)
-    if with_head:
-        total += batch * seq * 2 * shape.head_in * shape.vocab
-    return total
+# ------------------------------------------------------------------------------------------- timing and FLOPs
+# One implementation, in diet itself (eval.speed uses it in the run): the benchmarks import it from there.
+from diet.speed import (DecoderShape, LayerShape, decoder_shape, forward_flops, interleaved,  # noqa: E402,F401
+                        median_ratio)
 
 
 # ----------------------------------------------------------------------------------------------------- recording

@@ -86,6 +86,7 @@ SETTINGS = (
     ("eval.num_fewshot", _int_at_least(0), "an integer >= 0"),
     ("eval.max_gen_toks", lambda v: v is None or _int_at_least(1)(v),
      "null (each task's own setting) or an integer >= 1"),
+    ("eval.speed", lambda v: isinstance(v, bool), "true or false"),
     ("logger.name", lambda v: v in LOGGERS, ", ".join(LOGGERS)),
 )
 
@@ -190,6 +191,8 @@ def plan(cfg: DictConfig) -> Plan:
     _require(cfg.scoring.name in scoring.SCORINGS, "scoring", cfg.scoring.name, ", ".join(scoring.SCORINGS))
     method, chosen_scoring = methods.METHODS[cfg.method.name], scoring.SCORINGS[cfg.scoring.name]
     _require(not (cfg.prune.save and method.per_task_eval), "prune.save", cfg.prune.save,
+             f"false with method={method.name} (it builds one model per task)")
+    _require(not (cfg.eval.speed and method.per_task_eval), "eval.speed", cfg.eval.speed,
              f"false with method={method.name} (it builds one model per task)")
     profile_tasks = list(cfg.tasks.names or [])
     _require(len(profile_tasks) >= 1 and all(isinstance(n, str) and n for n in profile_tasks), "tasks.names",

@@ -54,6 +54,7 @@ class RunResult:
     versions: dict
     task_mask_sha256: dict | None = None   # method=per_task: the hash of each task's own mask
     drop: dict | None = None
+    speed: dict | None = None  # eval.speed=true: measured prefill/decode speed-ups beside the FLOP and param ratios
 
     @classmethod
     def from_json(cls, data: dict) -> "RunResult":
@@ -64,14 +65,14 @@ class RunResult:
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
-        for optional in ("task_mask_sha256", "drop"):
+        for optional in ("task_mask_sha256", "drop", "speed"):
             if out[optional] is None:
                 del out[optional]
         return out
 
 
 def build(cfg, plan, *, sparsity, calib_sets, params, metrics, dense_metrics, timings, cache_status,
-          votes) -> RunResult:
+          votes, speed=None) -> RunResult:
     """The run's result from its config, its plan and what the stages returned (`votes`: stages.Votes)."""
     per_task_eval = plan.method.per_task_eval
     used = task_mask_tensors(votes.per_task) if per_task_eval else votes.masks  # what the evaluation used
@@ -86,7 +87,7 @@ def build(cfg, plan, *, sparsity, calib_sets, params, metrics, dense_metrics, ti
         timings_s=timings, profile_cache=cache_status, calibration=describe_calibration(calib_sets),
         mask_sha256=mask_sha256(used), versions=versions(),
         task_mask_sha256={t: mask_sha256(m) for t, m in votes.per_task.items()} if per_task_eval else None,
-        drop=drops(dense_metrics, metrics) if dense_metrics else None)
+        drop=drops(dense_metrics, metrics) if dense_metrics else None, speed=speed)
 
 
 class Recorder:

@@ -1,6 +1,7 @@
 """python -m diet.run: profile -> vote -> prune -> eval, composed from the stage functions; nothing else lives here."""
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -12,7 +13,7 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from diet import DietError, config, evaluate, mask_plots, models, prune, record, stages, sweeps, tracking
+from diet import DietError, config, evaluate, mask_plots, models, prune, record, speed, stages, sweeps, tracking
 from diet import tasks as task_lib
 
 log = logging.getLogger("diet")
@@ -69,17 +70,19 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
         "method": plan.method.name})
 
     dense_params = prune.count_params(loaded.model)
+    measured = None
     if plan.method.per_task_eval:
         metrics, pruned_params = stages.per_task_eval(plan, loaded, voted.per_task, stats, task_objects,
                                                       eval_kwargs, timings)
     else:
-        metrics, pruned_params = prune_and_evaluate(cfg, plan, loaded, voted.masks, stats, eval_tasks, eval_kwargs,
-                                                    recorder, timings)
+        metrics, pruned_params, measured = prune_and_evaluate(cfg, plan, loaded, voted.masks, stats, eval_tasks,
+                                                              eval_kwargs, recorder, timings, device)
     timings["total"] = time.perf_counter() - started
 
     result = record.build(cfg, plan, sparsity=sparsity, calib_sets=calib_sets,
                           params={"dense": dense_params, "pruned": pruned_params}, metrics=metrics,
-                          dense_metrics=dense_metrics, timings=timings, cache_status=cache_status, votes=voted)
+                          dense_metrics=dense_metrics, timings=timings, cache_status=cache_status, votes=voted,
+                          speed=measured)
     recorder.result(result)
     plot_paths = mask_plots.write_all(recorder.dir, voted.masks, voted.per_task, voted.votes,
                                       voted.mean_scores)
@@ -109,13 +112,25 @@ def save_model(loaded, path: Path) -> str | None:
     return None
 
 
-def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings):
-    """Prune the loaded model in place and evaluate it: (metrics, pruned parameter count)."""
+def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings, device):
+    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed):
+    (metrics, pruned parameter count, speed or None)."""
     dense_params = prune.count_params(loaded.model)
+    dense = copy.deepcopy(loaded.model) if cfg.eval.speed else None
     recorder.status("running", stage="prune")
     t = time.perf_counter()
     pruned_params = stages.prune(plan, loaded, masks, stats)
     timings["prune"] = time.perf_counter() - t
+    measured = None
+    if dense is not None:
+        recorder.status("running", stage="speed")
+        t = time.perf_counter()
+        measured = speed.measure(dense, loaded.model, loaded.adapter, device=device, seed=cfg.seed)
+        del dense
+        timings["speed"] = time.perf_counter() - t
+        log.info("speed: prefill %.2fx, decode %.2fx faster; FLOPs %.3f, parameters %.3f of dense",
+                 measured["prefill"]["speedup"], measured["decode"]["speedup"], measured["flop_ratio"],
+                 measured["param_ratio"])
     log.info("prune: %d -> %d parameters (%.3f) in %.2f s", dense_params, pruned_params,
              pruned_params / dense_params, timings["prune"])
     recorder.status("running", stage="eval")
@@ -125,7 +140,7 @@ def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs,
     if cfg.eval.log_samples:
         recorder.json("eval_samples.json", evaluated["samples"])
     timings["eval"] = time.perf_counter() - t
-    return evaluated["metrics"], pruned_params
+    return evaluated["metrics"], pruned_params, measured
 
 
 @hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="config")

@@ -251,3 +251,35 @@ def test_a_saving_problem_never_costs_the_evaluation(tmp_path, monkeypatch):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["metrics"]) == set(cfg.tasks.names)
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
+
+
+def test_eval_speed_times_the_pruned_model_against_the_dense_one(tmp_path):
+    from diet import run
+
+    result = run.run(compose(*QUICK, "eval.speed=true", "sparsity=0.5", "prune.target=[mlp,heads]",
+                             f"cache_dir={tmp_path / 'cache'}"), tmp_path / "run")
+    measured = json.loads((tmp_path / "run" / "results.json").read_text())["speed"]
+    assert measured == result.speed
+    for phase in ("prefill", "decode"):
+        low, high = measured[phase]["speedup_range"]
+        assert measured[phase]["dense_s"] > 0 and measured[phase]["pruned_s"] > 0
+        assert low <= measured[phase]["speedup"] <= high
+    assert measured["param_ratio"] == result.params["pruned"] / result.params["dense"]
+    assert 0 < measured["flop_ratio"] < 1 and measured["batch"] == 8
+
+
+def test_flops_follow_the_pruned_shapes(tiny_models):
+    from diet import speed
+
+    model, _ = tiny_models["tiny_llama"]
+    adapter = get_adapter(model)
+    dense = speed.decoder_shape(model, adapter)
+    pruned = copy.deepcopy(model)
+    from diet.prune import prune_model
+
+    prune_model(pruned, adapter, {f"mlp.{i}": torch.arange(128) < 64 for i in range(2)}, "mlp")
+    shape = speed.decoder_shape(pruned, adapter)
+    assert [ly.mlp for ly in shape.layers] == [64, 64] and [ly.mlp for ly in dense.layers] == [128, 128]
+    h, s = model.config.hidden_size, 4
+    saved = 2 * 3 * h * 64 * s * len(shape.layers)  # gate, up, down: 64 neurons fewer per layer, per token
+    assert speed.forward_flops(dense, 1, s) - speed.forward_flops(shape, 1, s) == saved

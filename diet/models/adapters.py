@@ -112,6 +112,10 @@ class Adapter:
         """o_proj ("attention") or down_proj ("mlp"): the projection whose bias is added to the residual stream."""
         return self.block_projections(layer, block)[-1]
 
+    def sliding_window(self, layer: nn.Module) -> int | None:
+        """The layer's attention window in tokens; None for full attention."""
+        return getattr(layer.self_attn, "sliding_window", None)
+
     def layer_head_dim(self, layer: nn.Module) -> int:
         return layer.self_attn.head_dim
 
