@@ -63,6 +63,7 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 
 STAGES = ("all", "profile")
+BUDGETS = ("dims", "params")
 
 # The run's own keys (those of registered pieces are checked by the piece: diet/options.py): key, check, allowed.
 SETTINGS = (
@@ -78,6 +79,7 @@ SETTINGS = (
     ("vote.threshold", lambda v: v is None or (_is_number(v) and 0 < v <= 1),
      "a fraction in (0, 1], or null for a strict majority"),
     ("prune.scope", lambda v: v in SCOPES, ", ".join(SCOPES)),
+    ("prune.budget", lambda v: v in BUDGETS, ", ".join(BUDGETS)),
     ("prune.min_keep", lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1] of each layer's width"),
     ("prune.multiple_of", _int_at_least(1), "an integer >= 1"),
     ("prune.compensation", lambda v: v in COMPENSATIONS, ", ".join(COMPENSATIONS)),
@@ -114,6 +116,7 @@ class Plan:
     calib: dict
     seed: int
     stage: str
+    budget: str = "dims"                # params: each target's sparsity is a fraction of the decoder's parameters
 
     @property
     def target_label(self) -> str:
@@ -230,7 +233,8 @@ def plan(cfg: DictConfig) -> Plan:
         statistics=statistics, transform=transforms.get(method.transform), compensation=compensation,
         profile_tasks=profile_tasks,
         eval_tasks=list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_tasks,
-        calib=OmegaConf.to_container(cfg.calib, resolve=True), seed=cfg.seed, stage=cfg.stage)
+        calib=OmegaConf.to_container(cfg.calib, resolve=True), seed=cfg.seed, stage=cfg.stage,
+        budget=cfg.prune.budget)
 
 
 def validate(cfg: DictConfig) -> None:

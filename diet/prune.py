@@ -308,6 +308,12 @@ def count_params(model: nn.Module) -> int:
     return total
 
 
+def decoder_params(model: nn.Module, adapter: Adapter) -> int:
+    """Parameters of the decoder layers (what `prune.budget=params` is a fraction of: no embedding, LM head or
+    final norm)."""
+    return sum(count_params(layer) for layer in adapter.decoder_layers(model))
+
+
 def save_pruned(model: nn.Module, tokenizer, path: str | Path) -> Path:
     """Write `save_pretrained` (safetensors) and the tokenizer (if any) to `path`, atomically: everything goes to
     a temp folder beside `path` that is then renamed into place (replacing an existing `path`)."""

@@ -126,6 +126,17 @@ def sparsity(requested: float, masks: dict[str, torch.Tensor], chosen_targets) -
     return out
 
 
+def param_sparsity(params: dict, plan) -> dict:
+    """The achieved fraction of parameters removed, of the decoder layers and of the whole model, and (with
+    prune.budget=params) the requested one, so methods that remove different structures compare."""
+    out = {"model": (params["dense"] - params["pruned"]) / params["dense"]}
+    if "decoder_pruned" in params:
+        out["decoder"] = (params["decoder_dense"] - params["decoder_pruned"]) / params["decoder_dense"]
+    if plan.budget == "params":
+        out["requested"] = sum(t.param_sparsity for t in plan.targets)
+    return out
+
+
 def versions() -> dict:
     return {"diet": diet.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "lm_eval": lm_eval.__version__}

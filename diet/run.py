@@ -33,6 +33,7 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
     calib_sets = stages.calibrate(plan, task_objects)
     loaded = models.load(cfg.model, device=device, cache_dir=str(cache_dir), seed=cfg.seed)
     loaded = plan.transform(loaded, calib_sets)
+    stages.resolve_budgets(plan, loaded)  # prune.budget=params: parameter fractions -> dimension fractions
     stages.check_budgets(plan, loaded)  # before any work: rounding that misses the budget, or prunes nothing
 
     recorder.status("running", stage="profile")
@@ -70,6 +71,7 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
         "method": plan.method.name})
 
     dense_params = prune.count_params(loaded.model)
+    dense_decoder = prune.decoder_params(loaded.model, loaded.adapter)
     measured = None
     if plan.method.per_task_eval:
         metrics, pruned_params = stages.per_task_eval(plan, loaded, voted.per_task, stats, task_objects,
@@ -78,9 +80,12 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
         metrics, pruned_params, measured = prune_and_evaluate(cfg, plan, loaded, voted.masks, stats, eval_tasks,
                                                               eval_kwargs, recorder, timings, device)
     timings["total"] = time.perf_counter() - started
+    params = {"dense": dense_params, "pruned": pruned_params, "decoder_dense": dense_decoder}
+    if not plan.method.per_task_eval:  # one pruned model (per_task evaluates one per task: its largest is above)
+        params["decoder_pruned"] = prune.decoder_params(loaded.model, loaded.adapter)
+    sparsity["params"] = record.param_sparsity(params, plan)
 
-    result = record.build(cfg, plan, sparsity=sparsity, calib_sets=calib_sets,
-                          params={"dense": dense_params, "pruned": pruned_params}, metrics=metrics,
+    result = record.build(cfg, plan, sparsity=sparsity, calib_sets=calib_sets, params=params, metrics=metrics,
                           dense_metrics=dense_metrics, timings=timings, cache_status=cache_status, votes=voted,
                           speed=measured)
     recorder.result(result)

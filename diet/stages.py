@@ -97,6 +97,28 @@ def vote(plan, loaded, stats: dict, calib_sets: dict | None = None) -> Votes:
     return out
 
 
+def resolve_budgets(plan, loaded) -> None:
+    """prune.budget=params: each target's sparsity, a fraction of the decoder layers' parameters, becomes the
+    fraction of its own dimensions whose parameter cost removes that many (`Target.param_cost`); the requested
+    fraction stays as `target.param_sparsity`."""
+    if plan.budget != "params":
+        return
+    model, adapter = loaded.model, loaded.adapter
+    decoder = prune_lib.decoder_params(model, adapter)
+    for target in plan.targets:
+        cost, widths = target.param_cost(model, adapter), target.widths(model, adapter)
+        holds = sum(cost[g] * widths[g] for g in widths)
+        target.param_sparsity = target.sparsity
+        fraction = target.sparsity * decoder / holds
+        if fraction >= 1:
+            raise DietError(f"sparsity: {target.sparsity} of the decoder's parameters with prune.budget=params is "
+                            f"more than prune.target={target.name} holds ({holds / decoder:.4g} of them); allowed: "
+                            f"a sparsity below {holds / decoder:.4g}, or prune.budget=dims")
+        target.sparsity = fraction
+        log.info("prune.budget=params: %s removes %.4g of its dimensions for %.4g of the decoder's parameters",
+                 target.name, fraction, target.param_sparsity)
+
+
 def check_budgets(plan, loaded) -> None:
     """What rounding to allowed widths makes of each target's budget, from a vote of seeded scores (the kept
     widths of scope=layer do not depend on the scores; global ones land within the rounding of them): a target

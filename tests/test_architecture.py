@@ -283,3 +283,48 @@ def test_flops_follow_the_pruned_shapes(tiny_models):
     h, s = model.config.hidden_size, 4
     saved = 2 * 3 * h * 64 * s * len(shape.layers)  # gate, up, down: 64 neurons fewer per layer, per token
     assert speed.forward_flops(dense, 1, s) - speed.forward_flops(shape, 1, s) == saved
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2"])
+@pytest.mark.parametrize("name,gqa", [("mlp", "per_group"), ("heads", "per_group"), ("heads", "kv_group"),
+                                      ("hidden", "per_group"), ("layers", "per_group")])
+def test_param_cost_is_what_removing_one_dimension_removes(family, name, gqa):
+    """Each target's parameter cost per dimension (prune.budget=params) against the parameters a physical prune
+    really removes from the decoder layers."""
+    from test_prune import tiny_model
+
+    from diet.prune import decoder_params, prune_model
+
+    model = tiny_model(family, num_hidden_layers=3)
+    adapter = get_adapter(model)
+    target = targets.get(name, **({"gqa": gqa} if name == "heads" else {}))
+    widths, cost = target.widths(model, adapter), target.param_cost(model, adapter)
+    group = sorted(widths)[0]
+    masks = {g: torch.ones(w, dtype=torch.bool) for g, w in widths.items()}
+    removed = [0, 1] if gqa == "kv_group" else [0, 2] if name == "heads" else [0]  # heads: 4 in 2 KV groups
+    masks[group][removed] = False
+    before = decoder_params(model, adapter)
+    prune_model(model, adapter, masks, target)
+    assert before - decoder_params(model, adapter) == pytest.approx(len(removed) * cost[group])
+
+
+def test_a_parameter_budget_is_met_by_every_target(tmp_path):
+    from diet import run
+
+    achieved, requested = {}, {"mlp": 0.25, "heads": 0.1, "layers": 0.25}  # heads are 22% of tiny_llama's decoder
+    for target in ("mlp", "heads", "layers"):
+        overrides = [*QUICK, "prune.budget=params", f"sparsity={requested[target]}", f"prune.target={target}",
+                     f"cache_dir={tmp_path / 'cache'}", "model.config.num_hidden_layers=4"]
+        if target == "layers":
+            overrides += ["method=shortgpt"]
+        result = run.run(compose(*overrides), tmp_path / target)
+        achieved[target] = result.sparsity["params"]
+        assert result.sparsity["params"]["requested"] == requested[target]
+    assert achieved["mlp"]["decoder"] == pytest.approx(0.25, abs=0.01)
+    assert achieved["layers"]["decoder"] == pytest.approx(0.25)  # one of four equal layers
+    assert achieved["heads"]["decoder"] == pytest.approx(0.1, abs=0.06)  # whole heads, as many in each KV group
+    assert all(a["model"] < a["decoder"] for a in achieved.values())  # embeddings and LM head stay
+    with pytest.raises(DietError, match=r"^sparsity: 0.6 of the decoder's parameters with prune.budget=params is "
+                                        r"more than prune.target=heads holds"):
+        run.run(compose(*QUICK, "prune.budget=params", "sparsity=0.6", "prune.target=heads",
+                        f"cache_dir={tmp_path / 'cache'}"), tmp_path / "too_much")

@@ -38,6 +38,7 @@ class Run:
     dense: dict[str, float | None] | None
     dense_average: float | None
     settings: dict = field(default_factory=dict)  # flat config {key: value}
+    param_sparsity: float | None = None  # achieved fraction of the decoder layers' parameters removed
     swept: set = field(default_factory=set)       # keys named in the job's overrides
 
 
@@ -92,7 +93,8 @@ def run_from_results(results: dict, where: str, settings: dict | None = None, sw
         average=(results.get("average") or {}).get("paper"),
         dense={t: _pick(dense.get(t), metric[t]) for t in eval_tasks if t in dense} if dense else None,
         dense_average=(results.get("dense_average") or {}).get("paper") if dense else None,
-        settings=settings, swept=set(swept or ()))
+        settings=settings, swept=set(swept or ()),
+        param_sparsity=(sparsity.get("params") or {}).get("decoder"))
 
 
 def _job_config(job: Path) -> tuple[dict, set]:

@@ -55,6 +55,7 @@ class Row:
     average: Stat
     achieved: float | None = None
     params_ratio: float | None = None
+    param_sparsity: float | None = None
     seeds: list = field(default_factory=list)
     bold: set = field(default_factory=set)
     baseline: "Difference | None" = None
@@ -98,7 +99,8 @@ def _row(runs: list[Run], extras: list[str], tasks: list[str]) -> Row:
     ratio = Stat.of(r.params_ratio for r in runs).mean
     return Row(first.model, first.method, first.target, first.sparsity, {k: first.settings.get(k) for k in extras},
                runs, {t: Stat.of(r.scores.get(t) for r in runs) for t in tasks}, Stat.of(r.average for r in runs),
-               achieved, ratio, sorted((r.settings.get("seed") for r in runs), key=natural_key))
+               achieved, ratio, Stat.of(r.param_sparsity for r in runs).mean,
+               sorted((r.settings.get("seed") for r in runs), key=natural_key))
 
 
 def _dense_rows(model_runs: list[Run], extras: list[str], tasks: list[str]) -> list[Row]:
@@ -148,17 +150,23 @@ def build_table(runs: list[Run], baseline: str | None = None
 
 
 def _achieved_key(row: Row):
+    """What rows are compared at: the achieved decoder parameter sparsity (to 0.01) when the runs recorded it, so
+    methods removing different structures (neurons, heads, layers) rank against each other; else the target and
+    its achieved sparsity of dimensions."""
+    if row.param_sparsity is not None:
+        return ("params", round(row.param_sparsity, 2))
     value = row.achieved if row.achieved is not None else row.sparsity
-    return None if value is None else round(value, 4)
+    return (row.target, None if value is None else round(value, 4))
 
 
 def mark_best(rows: list[Row], tasks: list[str]) -> None:
-    """Bold the best mean per column among the ranked rows of the same model, target and achieved sparsity (two rows
-    at least): a run that pruned less is never ranked against one that pruned more."""
+    """Bold the best mean per column among the ranked rows of the same model and achieved sparsity (of parameters
+    where recorded, else the same target's dimensions; two rows at least): a run that pruned less is never ranked
+    against one that pruned more."""
     blocks: dict[tuple, list[Row]] = {}
     for row in rows:
         if row.method not in REFERENCES:
-            blocks.setdefault((row.model, row.target, _achieved_key(row)), []).append(row)
+            blocks.setdefault((row.model, _achieved_key(row)), []).append(row)
     for block in blocks.values():
         if len(block) < 2:
             continue
@@ -194,8 +202,8 @@ def attach_baseline(rows: list[Row], method: str) -> None:
     for row in rows:
         if row.method in ("dense", method):
             continue
-        candidates = [b for b in rows if b.method == method and (b.model, b.target, _achieved_key(b)) ==
-                      (row.model, row.target, _achieved_key(row))]
+        candidates = [b for b in rows if b.method == method and (b.model, _achieved_key(b)) ==
+                      (row.model, _achieved_key(row))]
         if len(candidates) > 1:
             candidates = [b for b in candidates if b.extras == row.extras]
         if len(candidates) == 1:

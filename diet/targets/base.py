@@ -58,6 +58,11 @@ class Target:
         """Per-channel L2 norm of the weights touching each channel, keyed like the hook points."""
         raise NotImplementedError
 
+    def param_cost(self, model, adapter) -> dict[str, int]:
+        """Per mask group, the decoder-layer parameters removing one of its dimensions removes
+        (`prune.budget=params`)."""
+        raise NotImplementedError
+
     def aggregate(self, per_point: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Scores per hook point -> one score vector per mask group (hook points are the groups by default)."""
         return {point: per_point[point] for point in sorted(per_point, key=group_index)}
@@ -127,6 +132,10 @@ def keep_norm(norm: nn.Module, indices: torch.Tensor, offset: float, divisor: fl
     if divisor != 1.0:
         weight = ((offset + weight.float()) / divisor - offset).to(weight.dtype)
     set_parameter(norm, "weight", weight)
+
+
+def numel(*tensors) -> int:
+    return sum(t.numel() for t in tensors if t is not None)
 
 
 def removed_contribution(linear: nn.Linear, removed: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

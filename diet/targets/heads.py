@@ -122,6 +122,21 @@ class HeadsTarget(Target):
     def widths(self, model, adapter):
         return {f"heads.{i}": adapter.num_heads(layer) for i, layer in enumerate(adapter.decoder_layers(model))}
 
+    def param_cost(self, model, adapter):
+        """A query head: its head_dim rows of q_proj (and bias) and columns of o_proj; with gqa=kv_group also its
+        share of the KV group's k/v rows, which go with the group."""
+        cost = {}
+        for i, layer in enumerate(adapter.decoder_layers(model)):
+            q, k, v, o = adapter.attention_projections(layer)
+            head_dim = adapter.layer_head_dim(layer)
+            per_head = head_dim * (q.in_features + (q.bias is not None) + o.out_features)
+            if self.gqa == "kv_group":
+                size = adapter.num_heads(layer) // adapter.num_kv_heads(layer)
+                per_head += head_dim * (k.in_features + (k.bias is not None) + v.in_features
+                                        + (v.bias is not None)) / size
+            cost[f"heads.{i}"] = per_head
+        return cost
+
     @torch.no_grad()
     def weight_norms(self, model, adapter):
         """Per channel of o_proj's input: its column's L2 norm (a head's is the L2 norm of its head_dim ones)."""

@@ -48,6 +48,17 @@ class HiddenTarget(Target):
         # (head_dim is explicit after pruning, so only that check needs it)
         return math.lcm(multiple_of, model.config.num_attention_heads)
 
+    def param_cost(self, model, adapter):
+        """A residual dimension, in every layer: a column of each reader, a row (and bias) of each writer, a norm
+        weight of each norm (the embedding, LM head and final norm are outside the decoder layers)."""
+        total = 0
+        for layer in adapter.decoder_layers(model):
+            total += sum(r.out_features for r in adapter.residual_readers(layer))
+            total += sum(w.in_features + (w.bias is not None) for w in adapter.residual_writers(layer))
+            norms = adapter.residual_norms(layer)
+            total += len(norms.pre) + len(norms.post)
+        return {"hidden": total}
+
     @torch.no_grad()
     def weight_norms(self, model, adapter):
         layers = adapter.decoder_layers(model)

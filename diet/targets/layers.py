@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from diet import DietError
-from diet.targets.base import Target, group_index
+from diet.targets.base import Target, group_index, numel
 
 
 class PassThrough(nn.Module):
@@ -78,6 +78,11 @@ class LayersTarget(Target):
 
     def widths(self, model, adapter):
         return {"layers": len(adapter.decoder_layers(model))}
+
+    def param_cost(self, model, adapter):
+        """A layer: all of its parameters (the mean layer, when pruned widths differ)."""
+        layers = adapter.decoder_layers(model)
+        return {"layers": sum(numel(*layer.parameters()) for layer in layers) / len(layers)}
 
     def aggregate(self, per_point):
         points = sorted(per_point, key=group_index)

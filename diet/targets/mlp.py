@@ -42,6 +42,15 @@ class MlpTarget(Target):
     def widths(self, model, adapter):
         return {f"mlp.{i}": width for i, width in enumerate(adapter.intermediate_sizes(model))}
 
+    def param_cost(self, model, adapter):
+        """A neuron: its gate and up rows (and biases) and its down column."""
+        cost = {}
+        for i, layer in enumerate(adapter.decoder_layers(model)):
+            gate, up, down = adapter.mlp_projections(layer)
+            cost[f"mlp.{i}"] = (gate.in_features + up.in_features + down.out_features
+                                + (gate.bias is not None) + (up.bias is not None))
+        return cost
+
     @torch.no_grad()
     def weight_norms(self, model, adapter):
         return {f"mlp.{i}": column_sq_norms(adapter.mlp_projections(layer)[2].weight).sqrt().cpu()
