@@ -178,3 +178,21 @@ def test_heads_vote_histogram_says_heads():
     assert ax.get_ylabel() == "attention heads" and ax.get_xlabel() == "tasks keeping the head"
     assert [p.get_height() for p in ax.patches] == [4, 4, 4, 4]
     assert not math.isnan(ax.get_ylim()[1])
+
+
+def test_the_speed_plot_puts_each_method_at_its_measured_speed_up_and_joins_the_pareto_front(tmp_path):
+    runs = []
+    for method, speedup, average in (("diet", 1.2, 0.8), ("shortgpt", 1.5, 0.6), ("random", 1.2, 0.5),
+                                     ("flap", 1.1, 0.85)):
+        for seed in (0, 1):
+            run = fake_run(method, 0.2, 0.2, average + 0.01 * seed, seed)
+            run.speedup = speedup + 0.02 * seed
+            runs.append(run)
+    runs.append(fake_run("magnitude", 0.2, 0.2, 0.9))  # no speed measured: not drawn
+    rows = build_table(runs)[3]
+    points = {name.split()[0]: rest for name, *rest in plots.speed_points(rows)["m"]}
+    assert set(points) == {"diet", "shortgpt", "random", "flap"}
+    assert points["diet"][:2] == pytest.approx([1.21, 80.5])  # means over the seeds, accuracy in %
+    assert {m for m, p in points.items() if p[3]} == {"diet", "shortgpt", "flap"}  # random: diet is faster, better
+    assert plots.plot_speed(rows, tmp_path / "speed.png") == tmp_path / "speed.png"
+    assert (tmp_path / "speed.png").stat().st_size > 0

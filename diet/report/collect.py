@@ -39,6 +39,7 @@ class Run:
     dense_average: float | None
     settings: dict = field(default_factory=dict)  # flat config {key: value}
     param_sparsity: float | None = None  # achieved fraction of the decoder layers' parameters removed
+    speedup: float | None = None         # eval.speed: measured prefill speed-up over the dense model
     swept: set = field(default_factory=set)       # keys named in the job's overrides
 
 
@@ -94,7 +95,8 @@ def run_from_results(results: dict, where: str, settings: dict | None = None, sw
         dense={t: _pick(dense.get(t), metric[t]) for t in eval_tasks if t in dense} if dense else None,
         dense_average=(results.get("dense_average") or {}).get("paper") if dense else None,
         settings=settings, swept=set(swept or ()),
-        param_sparsity=(sparsity.get("params") or {}).get("decoder"))
+        param_sparsity=(sparsity.get("params") or {}).get("decoder"),
+        speedup=((results.get("speed") or {}).get("prefill") or {}).get("speedup"))
 
 
 def _job_config(job: Path) -> tuple[dict, set]:

@@ -272,8 +272,48 @@ def plot_against(rows: list[Row], key: str, name: str, path: Path) -> Path | Non
     return path
 
 
+def speed_points(rows: list[Row]) -> dict[str, list[tuple[str, float, float, float | None, bool]]]:
+    """Per model, every row with a measured speed-up: (label, prefill speed-up, average accuracy %, its sd,
+    on the Pareto front: no other row is both at least as fast and at least as accurate, and better in one)."""
+    out: dict[str, list] = {}
+    for model in dict.fromkeys(r.model for r in rows):
+        points = [(describe_row(r), r.speedup, 100 * r.average.mean, None if r.average.sd is None else 100 * r.average.sd)
+                  for r in rows
+                  if r.model == model and r.speedup is not None and r.average.mean is not None]
+        out[model] = [(*p, not any(q[1] >= p[1] and q[2] >= p[2] and (q[1] > p[1] or q[2] > p[2]) for q in points))
+                      for p in points]
+    return {m: p for m, p in out.items() if p}
+
+
+def describe_row(row: Row) -> str:
+    settings = ", ".join(f"{label(k)}={plain(v)}" for k, v in row.extras.items() if v is not None)
+    return f"{row.method} {row.target}" + (f" ({settings})" if settings else "")
+
+
+def plot_speed(rows: list[Row], path: Path) -> Path | None:
+    """Average accuracy against measured prefill speed-up, one point per row, the Pareto front joined."""
+    shown = speed_points(rows)
+    if not shown:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
+    for ax, (model, points) in zip(axes[0], shown.items()):
+        for i, (name, x, y, sd, _) in enumerate(points):
+            ax.errorbar([x], [y], yerr=[sd] if sd else None, capsize=3, marker=MARKERS[i % len(MARKERS)],
+                        linestyle="none", label=name)
+        front = sorted((x, y) for _, x, y, _, on in points if on)
+        ax.plot([x for x, _ in front], [y for _, y in front], color="gray", linewidth=1, label="Pareto front")
+        ax.set(title=model, xlabel="measured prefill speed-up over dense (x)", ylabel="average accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    cache.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    return path
+
+
 def write_plots(rows: list[Row], extras: list[str], out: Path) -> list[Path]:
-    written = [plot_against(rows, "sparsity", "sparsity", out / "avg_vs_sparsity.png")]
+    written = [plot_against(rows, "sparsity", "sparsity", out / "avg_vs_sparsity.png"),
+               plot_speed(rows, out / "avg_vs_speedup.png")]
     for key in extras:
         name = re.sub(r"[^A-Za-z0-9]+", "_", label(key)).strip("_")
         written.append(plot_against(rows, key, label(key), out / f"avg_vs_{name}.png"))

@@ -56,6 +56,7 @@ class Row:
     achieved: float | None = None
     params_ratio: float | None = None
     param_sparsity: float | None = None
+    speedup: float | None = None
     seeds: list = field(default_factory=list)
     bold: set = field(default_factory=set)
     baseline: "Difference | None" = None
@@ -99,7 +100,7 @@ def _row(runs: list[Run], extras: list[str], tasks: list[str]) -> Row:
     ratio = Stat.of(r.params_ratio for r in runs).mean
     return Row(first.model, first.method, first.target, first.sparsity, {k: first.settings.get(k) for k in extras},
                runs, {t: Stat.of(r.scores.get(t) for r in runs) for t in tasks}, Stat.of(r.average for r in runs),
-               achieved, ratio, Stat.of(r.param_sparsity for r in runs).mean,
+               achieved, ratio, Stat.of(r.param_sparsity for r in runs).mean, Stat.of(r.speedup for r in runs).mean,
                sorted((r.settings.get("seed") for r in runs), key=natural_key))
 
 
