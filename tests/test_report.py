@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,15 +31,27 @@ def launch(script, *args, env=None):
     return run(["bash", str(LAUNCH / script), *map(str, args)], env={"PYTHON": sys.executable, **(env or {})})
 
 
-# The tests on the real sweep below: one worker runs them all under pytest-xdist, so the sweep runs once.
-on_the_sweep = pytest.mark.xdist_group("report_sweep")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
     """A real 2 x 2 sweep with the dense model, plus a job that failed with a message and one that never finished.
-    A true `python -m diet.run -m`: the report reads what Hydra writes (multirun.yaml, each job's .hydra/)."""
-    root = tmp_path_factory.mktemp("report")
+    A true `python -m diet.run -m`: the report reads what Hydra writes (multirun.yaml, each job's .hydra/).
+    It runs once per test run: under pytest-xdist the first worker to need it runs it under a file lock in the run's
+    shared temporary folder, and a worker that asks later reads the same folder."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # above each worker's own basetemp: one folder per test run
+    root = shared / "report-sweep"
+    with FileLock(f"{root}.lock"):
+        if not (root / "complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            _run_the_sweep(root)
+            (root / "complete").touch()
+    return root / "sweep"
+
+
+def _run_the_sweep(root):
     proc = run([sys.executable, "-m", "diet.run", "-m", *TINY, "calib.n_samples=6", "eval.limit=8", "eval.dense=true",
                 "method=diet,random", "sparsity=0.2,0.4", f"hydra.sweep.dir={root / 'sweep'}",
                 f"cache_dir={root / 'cache'}"])
@@ -47,7 +60,6 @@ def sweep(tmp_path_factory):
                         (9, {"state": "failed", "error": "vote.threshold: 1.0 keeps no dimension of mlp.0"})):
         (root / "sweep" / str(num) / ".hydra").mkdir(parents=True)
         (root / "sweep" / str(num) / "status.json").write_text(json.dumps(status))
-    return root / "sweep"
 
 
 def load_results(sweep):
@@ -61,7 +73,6 @@ def table_rows(markdown):
 
 
 @pytest.mark.slow
-@on_the_sweep
 def test_report_table_matches_the_results(sweep, tmp_path):
     proc = report(sweep, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -116,10 +127,7 @@ def test_report_table_matches_the_results(sweep, tmp_path):
 
 
 @pytest.mark.slow
-@on_the_sweep
 def test_a_job_that_never_started_is_listed(sweep, tmp_path, capsys):
-    import shutil
-
     from diet.report import main
 
     copy = tmp_path / "sweep"
@@ -132,7 +140,6 @@ def test_a_job_that_never_started_is_listed(sweep, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@on_the_sweep
 def test_wandb_fields_give_the_same_row(sweep):
     # What diet.tracking puts in a W&B run (flat config, summary) reads back as the same numbers.
     from omegaconf import OmegaConf
