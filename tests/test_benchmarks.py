@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import suite  # noqa: E402
 
 
+@pytest.mark.slow
 def test_bench_gpu_tiny_records_every_section(tmp_path):
     out = tmp_path / "rows.jsonl"
     proc = subprocess.run(
@@ -40,6 +41,7 @@ def test_bench_gpu_tiny_records_every_section(tmp_path):
     assert "### End to end" in markdown and "### Gradient-based (Taylor" in markdown
 
 
+@pytest.mark.slow
 def test_bench_gpu_refuses_billion_parameter_shapes_on_the_cpu():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu",
                            "--models", "gemma2_9b"], capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -167,6 +169,7 @@ def test_forward_flops_match_torch_flop_counter_after_removing_a_kv_group(family
     assert counter.get_total_flops() == harness.forward_flops(shape, 2, 6, with_head=True)
 
 
+@pytest.mark.slow
 def test_bench_prune_tiny_times_the_run_vote_and_lists_or_runs_heads(tmp_path):
     """The smoke run writes both sections; heads rows appear exactly when diet accepts prune.target=heads."""
     doc = tmp_path / "b.md"
@@ -187,6 +190,7 @@ def test_bench_prune_tiny_times_the_run_vote_and_lists_or_runs_heads(tmp_path):
         assert "`heads`: prune.target: 'heads' is not allowed" in text
 
 
+@pytest.mark.slow
 def test_bench_profile_tiny_writes_its_section(tmp_path):
     doc = tmp_path / "b.md"
     proc = subprocess.run(

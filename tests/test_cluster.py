@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_run import QUICK, diet_run
+from helpers import QUIET, diet_cli
 
 REPO = Path(__file__).resolve().parent.parent
-QUIET = [*QUICK, "logger=none"]
 
 
 def _env_without_checkout(**extra) -> dict:
@@ -24,6 +23,7 @@ def _env_without_checkout(**extra) -> dict:
     return {**env, **extra}
 
 
+@pytest.mark.slow
 def test_wheel_install_runs_from_any_directory(tmp_path):
     # Build from a copy of the files a release holds, so the checkout gets no build/ or egg-info.
     src = tmp_path / "src"
@@ -69,6 +69,7 @@ def _save_checkpoint(folder: Path, family: str = "llama", intermediate_size: int
     return folder
 
 
+@pytest.mark.slow
 def test_user_config_folder_with_a_minimal_model_file(tmp_path):
     ckpt = _save_checkpoint(tmp_path / "ckpts" / "my-llama")
     user_conf = tmp_path / "my_conf"
@@ -109,15 +110,19 @@ def test_early_choice_check_knows_user_folders(tmp_path):
         config.check_group_choices([f"hydra.searchpath=[file://{tmp_path / 'b'}]", "tasks=theirs"])
 
 
-def test_generic_hf_model_reads_its_family_and_names_itself(tmp_path):
+@pytest.fixture
+def umask_022():
+    """The process runs under umask 022 (a user's usual one) for the test; the old umask comes back after it."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_generic_hf_model_reads_its_family_and_names_itself(tmp_path, diet_in_process, umask_022):
     ckpt = _save_checkpoint(tmp_path / "ckpts" / "llama-tiny-512", intermediate_size=384)
     # one run checks model=hf and, under umask 022, that everything diet writes is readable by the group
-    proc = subprocess.run(
-        [sys.executable, "-m", "diet.run", "model=hf", f"model.name_or_path={ckpt}", "model.dtype=float32", *QUIET,
-         "prune.save=true", "prune.multiple_of=1", f"cache_dir={tmp_path / 'cache'}",
-         f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o022))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    diet_in_process("model=hf", f"model.name_or_path={ckpt}", "model.dtype=float32", *QUIET, "prune.save=true",
+                    "prune.multiple_of=1")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["model"] == "llama-tiny-512" and results["model_id"] == str(ckpt)
 
@@ -146,9 +151,10 @@ def test_unsupported_family_and_missing_checkpoint_are_one_line(tmp_path):
         config.validate(cfg)
 
 
+@pytest.mark.slow
 def test_failed_job_fails_a_submitit_sweep_after_the_others_ran(tmp_path):
     quick = [o for o in QUIET if not o.startswith("calib.n_samples")]
-    proc = diet_run(tmp_path, "hydra/launcher=local", "model=tiny_gemma2", *quick, "calib.n_samples=500,6",
+    proc = diet_cli(tmp_path, "hydra/launcher=local", "model=tiny_gemma2", *quick, "calib.n_samples=500,6",
                     run_dir="sweep", multirun=True)
     assert proc.returncode == 2, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
@@ -231,6 +237,7 @@ def test_default_mask_is_the_same_whatever_the_device(tmp_path, monkeypatch):
     assert [int(m.sum()) for m in masks["cpu"].values()] == [768, 768]  # 70% of 1024, rounded to 128
 
 
+@pytest.mark.slow
 def test_dry_run_checks_calibration_split_sizes():
     env = {**os.environ, "DRY_RUN": "1", "LAUNCHER": "local", "PYTHON": sys.executable}
     script = [str(REPO / "launch" / "ablate_scoring.sh"), "model=gemma3_270m", "tasks=demo"]

@@ -6,13 +6,8 @@ from diet import DietError
 from diet.config import CONF_DIR, check_group_choices, validate
 
 
-def composed(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def test_paper_defaults():
-    cfg = composed()
+def test_paper_defaults(compose_cfg):
+    cfg = compose_cfg()
     validate(cfg)
     assert cfg.model.name_or_path == "google/gemma-2-2b"
     assert list(cfg.tasks.names) == ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
@@ -21,22 +16,22 @@ def test_paper_defaults():
         ("mlp", "act_l2", "diet", "wandb", "offline")
 
 
-def test_users_command_composes():
-    cfg = composed("model=gemma2_9b", "sparsity=0.3")
+def test_users_command_composes(compose_cfg):
+    cfg = compose_cfg("model=gemma2_9b", "sparsity=0.3")
     validate(cfg)
     assert (cfg.model.name_or_path, cfg.sparsity, cfg.model.gpus) == ("google/gemma-2-9b", 0.3, 1)
 
 
-def test_demo_experiment_composes():
-    cfg = composed("experiment=demo")
+def test_demo_experiment_composes(compose_cfg):
+    cfg = compose_cfg("experiment=demo")
     validate(cfg)
     assert cfg.model.name == "gemma3_270m" and cfg.model.source == "demo"
     assert cfg.tasks.names[0].startswith("demo_") and cfg.eval.dense is True
 
 
-def test_any_task_list_and_checkpoint_path():
-    cfg = composed("tasks.names=[boolq,piqa]", "model.name_or_path=/ckpt/x", "scoring=act_l1", "logger=none",
-                   "vote.threshold=0.5", "prune.target=hidden")
+def test_any_task_list_and_checkpoint_path(compose_cfg):
+    cfg = compose_cfg("tasks.names=[boolq,piqa]", "model.name_or_path=/ckpt/x", "scoring=act_l1", "logger=none",
+                      "vote.threshold=0.5", "prune.target=hidden")
     validate(cfg)
     assert list(cfg.tasks.names) == ["boolq", "piqa"] and cfg.model.name_or_path == "/ckpt/x"
 
@@ -55,9 +50,9 @@ def test_any_task_list_and_checkpoint_path():
     ("data.local_dir=/no/such/dir", "data.local_dir: '/no/such/dir' is not a folder"),
     ("calib.fused_stats=sometimes", "calib.fused_stats: 'sometimes' is not allowed; allowed: auto (torch.compile on"),
 ])
-def test_bad_values_name_key_value_and_allowed(override, message):
+def test_bad_values_name_key_value_and_allowed(compose_cfg, override, message):
     with pytest.raises(DietError) as err:
-        validate(composed(override))
+        validate(compose_cfg(override))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

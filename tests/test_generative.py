@@ -1,9 +1,6 @@
 """Generative lm-eval tasks and metric names: every metric lm-eval reports is kept under its own name, and the one a
 task contributes to average.paper comes from evaluate.paper_metric; gsm8k runs end to end on local fixture data."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -58,18 +55,14 @@ def test_generative_calibration_is_prompt_plus_gold_answer_or_prompt_alone(tmp_p
     assert calibration_set(task, 2, 0).texts == calibration_set(task, 2, 0, include_target=False).texts
 
 
-def test_boolq_and_gsm8k_run_end_to_end_on_local_data(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "diet.run", "model=tiny_gemma2", "tasks.names=[boolq,gsm8k]",
-         f"data.local_dir={FIXTURES}", "calib.n_samples=2", "calib.max_length=32", "eval.max_gen_toks=4",
-         "eval.bootstrap_iters=0", "logger=none", "sparsity=0.25", f"hydra.run.dir={tmp_path / 'run'}",
-         f"cache_dir={tmp_path / 'cache'}"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, env=os.environ.copy())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_boolq_and_gsm8k_run_end_to_end_on_local_data(tmp_path, diet_in_process, capsys):
+    diet_in_process("model=tiny_gemma2", "tasks.names=[boolq,gsm8k]", f"data.local_dir={FIXTURES}",
+                    "calib.n_samples=2", "calib.max_length=32", "eval.max_gen_toks=4", "eval.bootstrap_iters=0",
+                    "logger=none", "sparsity=0.25")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     gsm8k = results["metrics"]["gsm8k"]
     assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(gsm8k)
     assert results["paper_metric"] == {"boolq": "acc", "gsm8k": "exact_match,strict-match"}
     want = (results["metrics"]["boolq"]["acc"] + gsm8k["exact_match,strict-match"]) / 2
     assert results["average"]["paper"] == pytest.approx(want)
-    assert "gsm8k                exact_match,strict-match" in proc.stdout
+    assert "gsm8k                exact_match,strict-match" in capsys.readouterr().out

@@ -4,15 +4,17 @@ import importlib.util
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import TINY
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
-TINY = ["model=tiny_gemma2", "tasks=demo", "calib.max_length=32", "eval.bootstrap_iters=0", "logger=none"]
 DEMO_TASKS = ["demo_capitals", "demo_antonyms", "demo_sums", "demo_plurals"]
 
 
@@ -29,10 +31,27 @@ def launch(script, *args, env=None):
     return run(["bash", str(LAUNCH / script), *map(str, args)], env={"PYTHON": sys.executable, **(env or {})})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
-    """A real 2 x 2 sweep with the dense model, plus a job that failed with a message and one that never finished."""
-    root = tmp_path_factory.mktemp("report")
+    """A real 2 x 2 sweep with the dense model, plus a job that failed with a message and one that never finished.
+    A true `python -m diet.run -m`: the report reads what Hydra writes (multirun.yaml, each job's .hydra/).
+    It runs once per test run: under pytest-xdist the first worker to need it runs it under a file lock in the run's
+    shared temporary folder, and a worker that asks later reads the same folder."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # above each worker's own basetemp: one folder per test run
+    root = shared / "report-sweep"
+    with FileLock(f"{root}.lock"):
+        if not (root / "complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            _run_the_sweep(root)
+            (root / "complete").touch()
+    return root / "sweep"
+
+
+def _run_the_sweep(root):
     proc = run([sys.executable, "-m", "diet.run", "-m", *TINY, "calib.n_samples=6", "eval.limit=8", "eval.dense=true",
                 "method=diet,random", "sparsity=0.2,0.4", f"hydra.sweep.dir={root / 'sweep'}",
                 f"cache_dir={root / 'cache'}"])
@@ -41,7 +60,6 @@ def sweep(tmp_path_factory):
                         (9, {"state": "failed", "error": "vote.threshold: 1.0 keeps no dimension of mlp.0"})):
         (root / "sweep" / str(num) / ".hydra").mkdir(parents=True)
         (root / "sweep" / str(num) / "status.json").write_text(json.dumps(status))
-    return root / "sweep"
 
 
 def load_results(sweep):
@@ -54,6 +72,7 @@ def table_rows(markdown):
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
 
 
+@pytest.mark.slow
 def test_report_table_matches_the_results(sweep, tmp_path):
     proc = report(sweep, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,9 +126,8 @@ def test_report_table_matches_the_results(sweep, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["avg_vs_sparsity.png"]  # nothing else varies
 
 
+@pytest.mark.slow
 def test_a_job_that_never_started_is_listed(sweep, tmp_path, capsys):
-    import shutil
-
     from diet.report import main
 
     copy = tmp_path / "sweep"
@@ -121,6 +139,7 @@ def test_a_job_that_never_started_is_listed(sweep, tmp_path, capsys):
     assert "report: 3 runs, 3 failed or missing" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_wandb_fields_give_the_same_row(sweep):
     # What diet.tracking puts in a W&B run (flat config, summary) reads back as the same numbers.
     from omegaconf import OmegaConf
@@ -140,6 +159,7 @@ def test_wandb_fields_give_the_same_row(sweep):
     assert remote.dense == pytest.approx(local.dense) and remote.dense_average == pytest.approx(local.dense_average)
 
 
+@pytest.mark.slow
 def test_missing_folder_is_one_line_exit_2():
     proc = report("/no/such/sweep")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -178,6 +198,7 @@ def printed_commands(stdout):
     return [shlex.split(ln[2:]) for ln in stdout.splitlines() if ln.startswith("+ ")]
 
 
+@pytest.mark.slow
 def test_every_launcher_prints_commands_whose_jobs_all_compose(tmp_path):
     spec = importlib.util.spec_from_file_location("launch_compose", LAUNCH / "compose.py")
     compose = importlib.util.module_from_spec(spec)
@@ -196,6 +217,7 @@ def test_every_launcher_prints_commands_whose_jobs_all_compose(tmp_path):
     assert not list(tmp_path.rglob("*.json"))  # nothing ran
 
 
+@pytest.mark.slow
 def test_dry_run_composes_in_a_subprocess_and_names_a_bad_override(tmp_path):
     ok = launch("ablate_samples.sh", f"hydra.sweep.dir={tmp_path}", env={"DRY_RUN": "1", "LAUNCHER": "local"})
     assert ok.returncode == 0, ok.stderr[-3000:]
@@ -222,6 +244,7 @@ def test_overrides_replace_script_defaults_by_key(tmp_path):
     assert f"tasks.names={','.join(held_out)}" in command and f"eval.tasks=[{','.join(DEMO_TASKS)}]" in command
 
 
+@pytest.mark.slow
 def test_a_launcher_runs_for_real_and_its_sweeps_report(tmp_path):
     # Two sweeps (hidden; mlp x layer,global) under one root, through Hydra's basic launcher.
     proc = launch("ablate_target.sh", *TINY, "calib.n_samples=4", "eval.limit=4", f"hydra.sweep.dir={tmp_path / 's'}",
