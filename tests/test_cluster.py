@@ -203,7 +203,7 @@ def test_default_mask_is_the_same_whatever_the_device(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from diet import config, models, profile, run
+    from diet import config, models, profile, stages
     from diet.models import adapters
 
     user_conf = tmp_path / "conf"
@@ -232,7 +232,7 @@ def test_default_mask_is_the_same_whatever_the_device(tmp_path, monkeypatch):
     masks = {}
     for device, cfg in cfgs.items():
         monkeypatch.setattr(profile, "input_device", lambda *a, d=device: torch.device(d))
-        masks[device] = run.vote_stage(cfg, loaded, stats)[0]
+        masks[device] = stages.vote(config.plan(cfg), loaded, stats).masks
     assert all(torch.equal(masks["cpu"][k], masks["cuda:0"][k]) for k in masks["cpu"])
     assert [int(m.sum()) for m in masks["cpu"].values()] == [768, 768]  # 70% of 1024, rounded to 128
 
