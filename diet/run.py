@@ -22,9 +22,18 @@ log = logging.getLogger("diet")
 def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str | None = None
         ) -> record.RunResult | dict:
     """One run of a composed config into `run_dir` (in-process callable: nothing here needs Hydra's runtime).
-    `name` and `group` name the W&B run (default: the model's name, no group)."""
-    plan = config.plan(cfg)
+    `name` and `group` name the W&B run (default: the model's name, no group). A DietError is recorded in
+    status.json ("failed" and its line) and raised."""
     recorder = record.Recorder(Path(run_dir))
+    try:
+        return _run(cfg, recorder, name, group)
+    except DietError as err:
+        recorder.status("failed", error=str(err))
+        raise
+
+
+def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: str | None):
+    plan = config.plan(cfg)
     recorder.status("running", stage="setup")
     started, timings = time.perf_counter(), {}
     cache_dir, device = Path(to_absolute_path(cfg.cache_dir)), models.resolve_device(cfg.device)
@@ -92,7 +101,8 @@ def run(cfg: DictConfig, run_dir: Path, *, name: str | None = None, group: str |
     plot_paths = mask_plots.write_all(recorder.dir, voted.masks, voted.per_task, voted.votes,
                                       voted.mean_scores)
     save_error = save_model(loaded, recorder.dir / "pruned_model") if cfg.prune.save else None
-    recorder.status("done" if save_error is None else "failed", **({"error": save_error} if save_error else {}))
+    if save_error is None:  # else the DietError below is recorded as the run's failure
+        recorder.status("done")
     print(record.summary(result))
     tracking.log_run(
         OmegaConf.to_container(cfg.logger, resolve=True), run_dir=str(recorder.dir),
@@ -155,8 +165,7 @@ def _hydra_main(cfg: DictConfig):
     try:
         run(cfg, Path(hydra_cfg.runtime.output_dir), name=hydra_cfg.job.override_dirname or None,
             group=Path(hydra_cfg.sweep.dir).name if multirun else None)
-    except DietError as err:
-        record.Recorder(Path(hydra_cfg.runtime.output_dir)).status("failed", error=str(err))
+    except DietError as err:  # run() recorded it in status.json
         if not multirun:
             config.exit_on_error(err)
         # One job's bad value (say, a vote threshold no dimension meets) must not cancel the rest of the sweep.

@@ -200,6 +200,8 @@ def test_a_target_rounding_leaves_unpruned_is_one_line_and_writes_no_result(tmp_
         "multiple of 128 or its full width); allowed: a smaller prune.multiple_of (1 = exact) or a larger sparsity")
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "mask.safetensors").exists()
     assert not (tmp_path / "cache" / "profile").exists()  # said before any profiling
+    assert json.loads((tmp_path / "run" / "status.json").read_text()) | {"time": 0} == {
+        "state": "failed", "error": str(err.value), "time": 0}  # recorded in-process too, not left "running"
 
 
 def test_a_budget_missed_by_rounding_is_a_warning_and_stage_profile_runs_nothing_else(tmp_path, caplog):
