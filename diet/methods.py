@@ -26,7 +26,7 @@ from diet.vote import sorted_groups
 
 def activation_scores(target, model, adapter, stats, chosen, seed):
     """The chosen scoring of each calibration set's statistics (with the target's weight norms when it uses them)."""
-    norms = target.weight_norms(model, adapter) if chosen.uses_weights else None
+    norms = scoring.weights_for(chosen, target, model, adapter)
     sizes = target.group_sizes(model, adapter)
     return {name: scoring.group_scores(s, chosen, target, weight_norms=norms, group_sizes=sizes)
             for name, s in stats.items()}

@@ -35,7 +35,8 @@ import torch
 
 from diet import DietError, vote
 from diet.options import Option
-from diet.targets.base import Target, column_sq_norms, keep_inputs, keep_outputs, removed_contribution
+from diet.targets.base import (Target, column_abs_means, column_sq_norms, keep_inputs, keep_outputs,
+                               removed_contribution)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class HeadsTarget(Target):
     name = "heads"
     stats_layout = "per_channel"   # per head until diet 0.1's first heads version: those cache entries do not fit
     compensable = True
+    sequential = True
+    weight_kinds = ("l2", "mean_abs")
     options = {"gqa": ("heads_gqa", Option("per_group", lambda v: v in GQA_MODES, ", ".join(GQA_MODES)))}
 
     @property
@@ -104,6 +107,12 @@ class HeadsTarget(Target):
     def weight_norms(self, model, adapter):
         """Per channel of o_proj's input: its column's L2 norm (a head's is the L2 norm of its head_dim ones)."""
         return {f"heads.{i}": column_sq_norms(adapter.attention_projections(layer)[3].weight).sqrt().cpu()
+                for i, layer in enumerate(adapter.decoder_layers(model))}
+
+    @torch.no_grad()
+    def column_mean_abs(self, model, adapter):
+        """Per channel of o_proj's input: the mean |w| of its column (Wanda-sp sums a head's channels' scores)."""
+        return {f"heads.{i}": column_abs_means(adapter.attention_projections(layer)[3].weight).cpu()
                 for i, layer in enumerate(adapter.decoder_layers(model))}
 
     def _group_size(self, model, adapter) -> dict[str, int]:
