@@ -18,6 +18,8 @@ Grouped-query attention (`prune.heads_gqa`), for a layer of H query heads in K k
     its query heads' scores, the vote runs over groups, and the head masks are the group masks expanded. Removes
     k/v rows too (a smaller KV cache), but a layer with one KV group (Gemma-3 270M) can remove nothing, since
     min_keep keeps at least one group per layer.
+  Multi-head attention (as many KV heads as query heads, every group one head): both modes are the same unit, a
+    query head with its own K/V head, voted as kv_group does (per_group's one-head-per-group floor would keep all).
 min_keep keeps at least one head (per_group: one per KV group; kv_group: one group) per layer.
 
 Physical removal: q_proj rows (and bias) of removed heads, o_proj columns; k_proj/v_proj rows (and biases) of
@@ -124,7 +126,7 @@ class HeadsTarget(Target):
         size = self._group_size(model, adapter)
         by_votes = rules.vote_method != "mean_score"
         rules = {**rules.kwargs(), "sparsity": self.sparsity}
-        if self.gqa == "kv_group":
+        if self.gqa == "kv_group" or all(n == 1 for n in size.values()):  # multi-head attention: the same unit
             if all(size[g] == n for g, n in self.widths(model, adapter).items()):
                 log.warning("prune.heads_gqa=kv_group: every layer has a single KV group, which min_keep keeps, so "
                             "no head is removed; prune.heads_gqa=per_group prunes query heads")
