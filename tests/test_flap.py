@@ -8,7 +8,8 @@ import pytest
 import torch
 import transformers
 
-from diet import DietError, config, flap, methods, profile, prune, run, scoring, stages, vote
+from diet import DietError, config, methods, prune, run, scoring, stages, vote
+from diet import stats as stats_lib
 from diet.models import LoadedModel, tiny
 from diet.models.adapters import get_adapter
 from diet.tasks.calibration import CalibrationSet
@@ -28,8 +29,8 @@ MODELS = {"llama": ["model=tiny_llama"], "gemma2": ["model=tiny_gemma2"],
                          "model.config.num_hidden_layers=3"],
           "llama_gqa8": ["model=tiny_llama", "model.config.num_attention_heads=8", "model.config.num_key_value_heads=2",
                          "model.config.num_hidden_layers=3"],
-          "gemma2_gqa8": ["model=tiny_gemma2", "model.config.num_attention_heads=8", "model.config.num_key_value_heads=4",
-                          "model.config.num_hidden_layers=3"]}
+          "gemma2_gqa8": ["model=tiny_gemma2", "model.config.num_attention_heads=8",
+                          "model.config.num_key_value_heads=4", "model.config.num_hidden_layers=3"]}
 
 
 def setup(family, *overrides):
@@ -103,26 +104,31 @@ def best_per_group(scores, n_kv, keep_per_group):
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
-@pytest.mark.parametrize("name", ["ifv", "wifv", "wifn", "wanda_sp", "minitron"])
-def test_literature_scorings_and_their_masks_match_the_formulas(family, name, tmp_path):
-    plan, loaded = setup(family, f"scoring={name}", "method=diet", "prune.target=[mlp,heads]", "sparsity=0.25",
+def test_literature_scorings_and_their_masks_match_the_formulas(family, tmp_path):
+    import dataclasses
+
+    plan, loaded = setup(family, "scoring=minitron", "method=diet", "prune.target=[mlp,heads]", "sparsity=0.25",
                          "prune.sparsity_per_target.heads=0.5")
     model, adapter = loaded.model, loaded.adapter
-    stats = profiled(plan, loaded, tmp_path)
+    names = ("ifv", "wifv", "wifn", "wanda_sp", "minitron")
+    every = dataclasses.replace(plan, statistics=stats_lib.resolve(s for n in names for s in scoring.get(n).stats))
+    stats = profiled(every, loaded, tmp_path)
     inputs = captured(model, adapter, loaded.tokenizer)
-    masks = stages.vote(plan, loaded, stats).masks
     head_dim, n_kv = adapter.layer_head_dim(adapter.decoder_layers(model)[0]), model.config.num_key_value_heads
-    for target in plan.targets:
-        own = {"text": {p: s for p, s in stats["text"].items() if p.startswith(f"{target.name}.")}}
-        scores = methods.activation_scores(target, model, adapter, own, plan.scoring, 0)["text"]
-        for point, score in scores.items():
-            want = channel_formula(name, inputs[point], out_weight(model, adapter, point))
-            if target.name == "heads":
-                want = head_formula(name, want, head_dim)
-                assert torch.equal(masks[point], best_per_group(want, n_kv, 1))
-            else:
-                assert torch.equal(masks[point], top(want, 96))  # 32 of 128 removed in every layer
-            torch.testing.assert_close(score.double(), want, rtol=2e-4, atol=1e-7)
+    for name in names:
+        chosen = dataclasses.replace(plan, scoring=scoring.get(name))
+        masks = stages.vote(chosen, loaded, stats).masks
+        for target in plan.targets:
+            own = {"text": {p: s for p, s in stats["text"].items() if p.startswith(f"{target.name}.")}}
+            scores = methods.activation_scores(target, model, adapter, own, chosen.scoring, 0)["text"]
+            for point, score in scores.items():
+                want = channel_formula(name, inputs[point], out_weight(model, adapter, point))
+                if target.name == "heads":
+                    want = head_formula(name, want, head_dim)
+                    assert torch.equal(masks[point], best_per_group(want, n_kv, 1)), (name, point)
+                else:
+                    assert torch.equal(masks[point], top(want, 96)), (name, point)  # 32 of 128 removed a layer
+                torch.testing.assert_close(score.double(), want, rtol=2e-4, atol=1e-7, msg=f"{name} {point}")
 
 
 # ------------------------------------------------------------------------------------------------ FLAP
@@ -165,16 +171,16 @@ def flap_reference(model, adapter, inputs, *, names, structure, metric, sparsity
                               n_kv * 2 * hd * d) for r in range(size)]
                     lo, fixed = math.ceil(least / n_kv), n_kv * 2 * hd * k.in_features
                 width = n_heads
-            items = sorted(items, key=lambda u: -u[0]) if not (name == "heads" and gqa == "per_group" and size > 1) \
-                else items
+            if name == "mlp" or gqa == "kv_group" or size == 1:  # per_group's ranked units are in order already
+                items = sorted(items, key=lambda u: -u[0])
             units[(name, i)] = {"items": items, "lo": lo, "fixed": fixed, "width": width,
                                 "whole_groups": name == "heads" and (gqa == "kv_group" or size == 1)}
     block = {"mlp": sum(3 * d * adapter.mlp_projections(l)[2].in_features for l in layers),
              "heads": sum(sum(p.weight.numel() for p in adapter.attention_projections(l)) for l in layers)}
 
     def closest(keys, keep, weight=lambda u: u[2], with_fixed=True):
-        base = sum((units[key]["fixed"] if with_fixed else 0) + sum(weight(u) for u in units[key]["items"][:units[key]["lo"]])
-                   for key in keys)
+        base = sum((units[key]["fixed"] if with_fixed else 0)
+                   + sum(weight(u) for u in units[key]["items"][:units[key]["lo"]]) for key in keys)
         rest = [(u[0], key, weight(u)) for key in keys for u in units[key]["items"][units[key]["lo"]:]]
         order = sorted(range(len(rest)), key=lambda r: -rest[r][0])  # stable: heads first, then layer order
         best, total, prefix = abs(base - keep), base, 0
@@ -281,8 +287,8 @@ def held_at_mean(model, adapter, masks, inputs):
     """Reference: the dense model with every removed input of down_proj / o_proj held at its calibration mean."""
     model = copy.deepcopy(model)
     for i, layer in enumerate(adapter.decoder_layers(model)):
-        for key, linear, size in ((f"mlp.{i}", adapter.mlp_projections(layer)[2], 1),
-                                  (f"heads.{i}", adapter.attention_projections(layer)[3], adapter.layer_head_dim(layer))):
+        heads = (f"heads.{i}", adapter.attention_projections(layer)[3], adapter.layer_head_dim(layer))
+        for key, linear, size in ((f"mlp.{i}", adapter.mlp_projections(layer)[2], 1), heads):
             if key in masks:
                 keep = masks[key].repeat_interleave(size)
                 mean = torch.cat(inputs[key]).mean(dim=0).float()

@@ -48,7 +48,8 @@ def test_txt_is_one_token_stream_cut_into_consecutive_windows(tiny_models, tmp_p
     drawn = sorted(random.Random("0:text").sample(range(len(windows)), 3))
     assert text.token_rows(calib_set, tokenizer, max_length=8, n_samples=3, seed=0) == [windows[w] for w in drawn]
     with pytest.raises(DietError, match=rf"^calib.n_samples: 99 is more than the {len(windows)} windows of 8 tokens "
-                                        rf"of calib.text=.*calib.txt \({len(ids)} tokens\) hold; allowed: 1..{len(windows)}$"):
+                                        rf"of calib.text=.*calib.txt \({len(ids)} tokens\) hold; "
+                                        rf"allowed: 1..{len(windows)}$"):
         text.token_rows(calib_set, tokenizer, max_length=8, n_samples=99, seed=0)
 
 
