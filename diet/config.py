@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diet import DietError, methods, options, scoring, stats, targets, transforms, vote
 from diet.profile import FUSED_CHOICES
+from diet.tasks import text as text_calibration
 from diet.prune import COMPENSATIONS
 from diet.vote import SCOPES, VOTE_METHODS
 
@@ -27,7 +28,7 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 TARGETS = tuple(targets.TARGETS)
-CALIB_SOURCES = ("task", "generic")
+CALIB_SOURCES = ("task", "generic", "text")
 LOGGERS = ("wandb", "none")
 LOGGER_MODES = ("offline", "online", "disabled")
 
@@ -75,6 +76,8 @@ SETTINGS = (
     ("calib.batch_size", _int_at_least(1), "an integer >= 1"),
     ("calib.source", lambda v: v in CALIB_SOURCES, ", ".join(CALIB_SOURCES)),
     ("calib.fused_stats", lambda v: v in FUSED_CHOICES, "auto (torch.compile on CUDA, eager elsewhere), true or false"),
+    ("calib.sequential", lambda v: isinstance(v, bool),
+     "true (layer i profiled on the pruned layers before it) or false"),
     ("vote.method", lambda v: v in VOTE_METHODS, ", ".join(VOTE_METHODS)),
     ("vote.threshold", lambda v: v is None or (_is_number(v) and 0 < v <= 1),
      "a fraction in (0, 1], or null for a strict majority"),
@@ -207,8 +210,34 @@ def plan(cfg: DictConfig) -> Plan:
     if cfg.data.local_dir is not None and not Path(cfg.data.local_dir).is_dir():
         raise DietError(f"data.local_dir: '{cfg.data.local_dir}' is not a folder; allowed: a folder holding "
                         "<task>/<split>.jsonl files, or null")
+    if cfg.calib.source == "text":
+        text_calibration.check_source(cfg.calib.get("text"))
     chosen_targets = _targets(cfg)
-    compensation = cfg.prune.compensation
+    method_options = _piece_options(cfg.method, "method", method)
+    compensation = (method.compensation and method.compensation(method_options)) or cfg.prune.compensation
+    built = Plan(
+        method=method, method_options=method_options,
+        scoring=chosen_scoring, scoring_options=_piece_options(cfg.scoring, "scoring", chosen_scoring),
+        targets=chosen_targets,
+        rules=vote.Rules(scope=cfg.prune.scope, min_keep=cfg.prune.min_keep, multiple_of=cfg.prune.multiple_of,
+                         vote_method=cfg.vote.method, threshold=cfg.vote.threshold,
+                         exact_budget=cfg.vote.exact_budget),
+        statistics=stats.resolve((chosen_scoring.stats if method.uses_scoring else ()) + method.stats
+                                 + COMPENSATIONS.get(compensation, ())),
+        transform=transforms.get(method.transform), compensation=compensation,
+        profile_tasks=profile_tasks,
+        eval_tasks=list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_tasks,
+        calib=OmegaConf.to_container(cfg.calib, resolve=True), seed=cfg.seed, stage=cfg.stage,
+        budget=cfg.prune.budget)
+    if method.check is not None:  # the method's own rules first: they say why better than the generic ones
+        method.check(built)
+    _check_combination(cfg, built)
+    return built
+
+
+def _check_combination(cfg: DictConfig, plan: Plan) -> None:
+    """Settings each valid alone that do not go together (one DietError line)."""
+    method, chosen_scoring, chosen_targets, compensation = plan.method, plan.scoring, plan.targets, plan.compensation
     for t in chosen_targets:
         _require(compensation == "none" or t.compensable, "prune.compensation", compensation,
                  f"none with prune.target={t.name} (mean compensates targets that feed an output projection: "
@@ -216,25 +245,38 @@ def plan(cfg: DictConfig) -> Plan:
     for t in chosen_targets:
         _check_ranks(method, chosen_scoring, t)
     declared = (chosen_scoring.stats if method.uses_scoring else ()) + method.stats + COMPENSATIONS[compensation]
-    statistics = stats.resolve(declared)
     for name in declared:  # stats.BASE is recorded wherever its hook kind is hooked, and nowhere else
         kind = stats.get(name).hook
         _require(kind == "any" or any(t.hook_kind == kind for t in chosen_targets), "prune.target",
                  "+".join(t.name for t in chosen_targets),
                  f"a target recorded at a {kind} hook (statistic {name!r}, needed by scoring={chosen_scoring.name}, "
                  f"method={method.name} or prune.compensation={compensation})")
-    return Plan(
-        method=method, method_options=_piece_options(cfg.method, "method", method),
-        scoring=chosen_scoring, scoring_options=_piece_options(cfg.scoring, "scoring", chosen_scoring),
-        targets=chosen_targets,
-        rules=vote.Rules(scope=cfg.prune.scope, min_keep=cfg.prune.min_keep, multiple_of=cfg.prune.multiple_of,
-                         vote_method=cfg.vote.method, threshold=cfg.vote.threshold,
-                         exact_budget=cfg.vote.exact_budget),
-        statistics=statistics, transform=transforms.get(method.transform), compensation=compensation,
-        profile_tasks=profile_tasks,
-        eval_tasks=list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_tasks,
-        calib=OmegaConf.to_container(cfg.calib, resolve=True), seed=cfg.seed, stage=cfg.stage,
-        budget=cfg.prune.budget)
+    if method.uses_scoring:
+        for t in chosen_targets:
+            _require(not chosen_scoring.uses_weights or chosen_scoring.weights in t.weight_kinds, "scoring",
+                     chosen_scoring.name, f"a scoring that prune.target={t.name} gives weights for (scoring="
+                     f"{chosen_scoring.name} reads each channel's mean |w| over its output column)")
+    if cfg.calib.sequential:
+        _check_sequential(cfg, method, chosen_targets)
+
+
+def _check_sequential(cfg: DictConfig, method, chosen_targets) -> None:
+    """calib.sequential=true: every mask is chosen per layer, from one trajectory of pruned layers (stages.profile)."""
+    why = None
+    if method.calibration == "none":
+        why = f"method={method.name} (it reads no calibration data)"
+    elif not method.sequential:
+        why = f"method={method.name} (its masks are not chosen layer by layer on the pruned model)"
+    elif cfg.prune.scope != "layer":
+        why = f"prune.scope={cfg.prune.scope} (a layer's mask would depend on later layers)"
+    elif cfg.stage != "all":
+        why = f"stage={cfg.stage} (sequential statistics depend on the masks, so nothing is cached)"
+    else:
+        for t in chosen_targets:
+            if not t.sequential:
+                why = f"prune.target={t.name} (its masks are not per layer)"
+    if why:
+        raise DietError(f"calib.sequential: true is not allowed with {why}; allowed: false")
 
 
 def validate(cfg: DictConfig) -> None:

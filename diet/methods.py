@@ -2,7 +2,8 @@
 
 A method declares
   calibration    "task" (one calibration set per task: the vote merges per-task masks), "pooled" (one sample of
-                 all tasks: one ranking, nothing voted) or "none" (no data: weights or a seeded draw)
+                 all tasks: one ranking, nothing voted) or "none" (no data: weights or a seeded draw);
+                 calib.source=text gives any method that reads data one text set instead (no vote)
   scores         function(target, model, adapter, stats, scoring, seed) -> {score set name: {group: score}}
   uses_scoring   whether `scores` reads the chosen scoring (its statistics are then profiled)
   stats          statistics it reads beyond its scoring's (diet/stats.py)
@@ -13,6 +14,13 @@ A method declares
   uses_weight_norms  its scores read the target's weight norms (a target without them cannot be ranked by it)
   uses_model     its scores run the model on the calibration batches at vote time (SLEB's greedy): `scores` then
                  takes a keyword `context` (a ScoreContext) from the vote stage
+  sequential     whether calib.sequential may profile it layer by layer on the pruned prefix (its masks are chosen
+                 per layer: stages.profile); Wanda-sp's config turns it on
+  select         None (each target votes its own masks) or function(plan, loaded, stats) -> masks: the method
+                 chooses every target's masks together from its one calibration set (FLAP's structures)
+  compensation   function(options) -> "mean" or None: a compensation the method's options switch on (FLAP's
+                 method.bias_compensation); None leaves prune.compensation in charge
+  check          function(plan) -> None: raise one DietError line for settings the options alone cannot show
 Adding a method: one entry in METHODS plus conf/method/<name>.yaml; config.py reads the names from here.
 """
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from diet import layer_methods, scoring
+from diet import DietError, flap, layer_methods, scoring
 from diet.options import Option
 from diet.targets import group_index
 from diet.vote import sorted_groups
@@ -30,7 +38,7 @@ from diet.vote import sorted_groups
 
 def activation_scores(target, model, adapter, stats, chosen, seed):
     """The chosen scoring of each calibration set's statistics (with the target's weight norms when it uses them)."""
-    norms = target.weight_norms(model, adapter) if chosen.uses_weights else None
+    norms = scoring.weights_for(chosen, target, model, adapter)
     sizes = target.group_sizes(model, adapter)
     return {name: scoring.group_scores(s, chosen, target, weight_norms=norms, group_sizes=sizes)
             for name, s in stats.items()}
@@ -42,6 +50,25 @@ def magnitude_scores(target, model, adapter, stats, chosen, seed):
     return {"magnitude": target.aggregate({
         point: scoring.reduce_channels(norms[point].float().cpu(), sizes.get(point, 1), "l2")
         for point in sorted(norms, key=group_index)})}
+
+
+def wanda_sp_scores(target, model, adapter, stats, chosen, seed):
+    """Wanda-sp's metric whatever `scoring` says (scoring=wanda_sp is the same metric for method=diet)."""
+    return activation_scores(target, model, adapter, stats, scoring.SCORINGS["wanda_sp"], seed)
+
+
+def _wanda_sp_check(plan) -> None:
+    for t in plan.targets:
+        if "mean_abs" not in t.weight_kinds:
+            raise DietError(f"prune.target: {t.name!r} is not allowed with method=wanda_sp (its metric reads the "
+                            "output projection's columns); allowed: mlp, heads or [mlp,heads]")
+    if plan.rules.scope != "layer":
+        raise DietError(f"prune.scope: {plan.rules.scope!r} is not allowed with method=wanda_sp (the same fraction "
+                        "in every layer); allowed: layer")
+
+
+def _flap_compensation(options: dict) -> str | None:
+    return "mean" if options["bias_compensation"] else None
 
 
 def draw_scores(widths: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
@@ -81,9 +108,18 @@ class Method:
     targets: tuple[str, ...] = ()
     uses_weight_norms: bool = False
     uses_model: bool = False
+    sequential: bool = True
+    select: Callable | None = None
+    compensation: Callable | None = None
+    check: Callable | None = None
 
     def calibration_for(self, source: str) -> str:
-        """`calib.source=generic` pools the calibration of a per-task method (one ranking, nothing voted)."""
+        """`calib.source=generic` pools the calibration of a per-task method (one ranking, nothing voted);
+        `calib.source=text` gives a method that reads data one text set (`text`, no vote either)."""
+        if self.calibration == "none":
+            return "none"
+        if source == "text":
+            return "text"
         return "pooled" if self.calibration == "task" and source == "generic" else self.calibration
 
 
@@ -92,11 +128,22 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("generic", "pooled", activation_scores),
     Method("magnitude", "none", magnitude_scores, uses_scoring=False, uses_weight_norms=True),
     Method("random", "none", random_scores, uses_scoring=False, uses_scores_for_plots=False),
-    Method("per_task", "task", activation_scores, per_task_eval=True),
+    Method("per_task", "task", activation_scores, per_task_eval=True, sequential=False),
     Method("shortgpt", "pooled", layer_methods.shortgpt_scores, uses_scoring=False, stats=("layer_cos",),
            targets=("layers",)),
     Method("sleb", "pooled", layer_methods.sleb_scores, uses_scoring=False, targets=("layers",), uses_model=True,
            uses_scores_for_plots=False, options={
                key: Option(1, _non_negative_int, "an integer >= 0 (the reference's default is 1)")
                for key in ("early_barrier", "latter_barrier")}),
+    # Wanda-sp (FLAP's repository, prune_wanda_sp): its metric, the same fraction in every layer, sequential
+    Method("wanda_sp", "pooled", wanda_sp_scores, uses_scoring=False, stats=scoring.SCORINGS["wanda_sp"].stats,
+           check=_wanda_sp_check, targets=("mlp", "heads")),
+    # FLAP: its metric and structures (diet/flap.py), one pass on the dense model, bias compensation
+    Method("flap", "pooled", activation_scores, uses_scoring=False, stats=flap.STATISTICS, sequential=False,
+           targets=("mlp", "heads"), select=flap.select, compensation=_flap_compensation, check=flap.check, options={
+               "metric": Option("WIFV", lambda v: v in flap.METRICS, ", ".join(flap.METRICS)),
+               "structure": Option("AL-AM", lambda v: v in flap.STRUCTURES, ", ".join(flap.STRUCTURES)),
+               "bias_compensation": Option(True, lambda v: isinstance(v, bool),
+                                           "true (FLAP's mean-input bias, prune.compensation=mean) or false "
+                                           "(prune.compensation decides)")}),
 )}

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 import diet
 from diet import DietError, cache, flatten
 from diet import stats as stat_lib
-from diet.targets import objects, owner
+from diet.targets import group_index, objects, owner
+from diet.tasks import text
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,11 @@ def _first_output(output) -> torch.Tensor:
 
 def tokenize(tokenizer, texts: list[str], max_length: int, batch_size: int) -> list[dict[str, torch.Tensor]]:
     """Right-padded batches with attention masks; texts sorted by length so batches carry little padding."""
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return batch_rows(tokenizer, tokenizer(texts, truncation=True, max_length=max_length)["input_ids"], batch_size)
+
+
+def batch_rows(tokenizer, encoded: list[list[int]], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Token id rows as right-padded batches, longest first (equal lengths keep their order)."""
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batches = []
@@ -141,12 +146,15 @@ def input_device(model, adapter) -> torch.device:
     return embedding.weight.device
 
 
-def _register(model, adapter, targets, names: tuple[str, ...], batch_state: dict, fused: bool):
-    """An accumulator per hook point of every target, recording the statistics of the point's hook kind."""
+def _register(model, adapter, targets, names: tuple[str, ...], batch_state: dict, fused: bool, only=None):
+    """An accumulator per hook point of every target (of those in `only`, when given), recording the statistics of
+    the point's hook kind."""
     accumulators, handles = {}, []
     for target in targets:
         wanted = stat_lib.at(target.hook_kind, names)
         for point, module in target.hook_points(model, adapter).items():
+            if only is not None and point not in only:
+                continue
             acc = accumulators[point] = _Accumulator(batch_state, target.point_width(module, model, adapter),
                                                      _home_device(module), wanted, fused)
             if target.hook_kind == "input":
@@ -210,18 +218,9 @@ def _to(value, device):
     return value
 
 
-@torch.inference_mode()
-def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], targets, device: torch.device,
-                      *, statistics=stat_lib.BASE, desc: str = "profile", fused_stats="auto"
-                      ) -> dict[str, dict[str, torch.Tensor]]:
-    """The statistics of `collect`, computed one decoder layer at a time for a model kept in CPU memory.
-
-    A capture pass runs the embedding with every layer replaced by a recorder, which yields each layer's call
-    arguments as the model itself builds them (attention masks per layer type, rotary embeddings), whatever the
-    family. Then each layer in turn moves to `device`, takes every batch's hidden states, and moves back, so only
-    one layer's weights (plus the hidden states of one batch) are on the GPU at any time: a 70B model profiles on
-    one GPU. The hidden states of all batches wait in CPU memory between layers.
-    """
+def _layer_calls(model, adapter, batches) -> list[list]:
+    """Per decoder layer, per batch, the (hidden states, args, kwargs) the layer is called with: a capture pass
+    with every layer replaced by a recorder that returns its input (only the embedding computes)."""
     decoder = adapter.decoder(model)
     layers = adapter.layer_list(model)
     calls: list[list] = [[] for _ in layers]
@@ -238,7 +237,23 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
         for i, layer in enumerate(originals):
             layers[i] = layer
         adapter.set_final_norm(model, original_norm)
+    return calls
 
+
+@torch.inference_mode()
+def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], targets, device: torch.device,
+                      *, statistics=stat_lib.BASE, desc: str = "profile", fused_stats="auto"
+                      ) -> dict[str, dict[str, torch.Tensor]]:
+    """The statistics of `collect`, computed one decoder layer at a time for a model kept in CPU memory.
+
+    A capture pass runs the embedding with every layer replaced by a recorder, which yields each layer's call
+    arguments as the model itself builds them (attention masks per layer type, rotary embeddings), whatever the
+    family. Then each layer in turn moves to `device`, takes every batch's hidden states, and moves back, so only
+    one layer's weights (plus the hidden states of one batch) are on the GPU at any time: a 70B model profiles on
+    one GPU. The hidden states of all batches wait in CPU memory between layers.
+    """
+    calls = _layer_calls(model, adapter, batches)
+    originals, original_norm = list(adapter.layer_list(model)), adapter.final_norm(model)
     targets = objects(targets)
     batch_state: dict = {}
     accumulators, handles = _register(model, adapter, targets, stat_lib.resolve(statistics), batch_state,
@@ -267,20 +282,116 @@ def collect_layerwise(model, adapter, batches: list[dict[str, torch.Tensor]], ta
     return _finish(accumulators)
 
 
+def _held_inputs(keep: torch.Tensor, fill: torch.Tensor):
+    """A forward pre-hook replacing the removed channels of a module's first input by `fill` (what the pruned
+    model computes: zero, or the calibration mean with compensation)."""
+    def hook(_module, args, kwargs):
+        x = _first_input(args, kwargs)
+        held = torch.where(keep.to(x.device), x, fill.to(x.device, x.dtype))
+        return ((held, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": held})
+    return hook
+
+
+@torch.inference_mode()
+def collect_sequential(model, adapter, batches: dict[str, list[dict[str, torch.Tensor]]], targets, prune_layer, *,
+                       device: torch.device | None = None, statistics=stat_lib.BASE, desc: str = "profile",
+                       fused_stats="auto") -> dict[str, dict[str, dict[str, torch.Tensor]]]:
+    """Sequential profiling (`calib.sequential`): layer i is profiled on what layers 0..i-1 output once pruned.
+
+    `batches`: {calibration set: batches}. Each set's layer inputs are captured once (`_layer_calls`). Then, for
+    each decoder layer in turn: every set's hidden states run through the dense layer while its hook points record
+    their statistics; `prune_layer({set: {point: {statistic: cpu tensor}}})` (that layer's statistics) returns
+    {point: (kept channels, bool [width]; the value removed channels are held at, [width])}; the layer runs again
+    with those inputs held (a pre-hook: the pruned layer's computation, the weights untouched) and its outputs
+    feed layer i+1. Both of a layer's targets are profiled before either is pruned, as Wanda-sp's reference does.
+    Returns {set: {point: {statistic: cpu tensor}}}. `device`: each layer runs there (model.offload), else in
+    place. Hidden states of every set wait where the embedding put them.
+    """
+    targets = objects(targets)
+    names = stat_lib.resolve(statistics)
+    calls = {name: _layer_calls(model, adapter, set_batches) for name, set_batches in batches.items()}
+    modules: dict[int, dict[str, torch.nn.Module]] = {}
+    for target in targets:
+        if not target.sequential:
+            raise ValueError(f"target {target.name!r} cannot be profiled sequentially (its masks are not per layer)")
+        for point, module in target.hook_points(model, adapter).items():
+            modules.setdefault(group_index(point), {})[point] = module
+    hidden = {name: [call[0] for call in layer_calls[0]] for name, layer_calls in calls.items()}
+    weights = {name: [b["attention_mask"].reshape(-1).float() for b in set_batches]
+               for name, set_batches in batches.items()}
+    fused = use_fused(fused_stats, device if device is not None else input_device(model, adapter))
+    stats: dict[str, dict] = {name: {} for name in batches}
+
+    def run(layer, name, i, run_on, batch_state=None):
+        outputs = []
+        for b, (_, args, kwargs) in enumerate(calls[name][i]):
+            if batch_state is not None:
+                batch_state["weights"] = weights[name][b].to(run_on)
+            out = layer(hidden[name][b].to(run_on), *_to(args, run_on), **_to(kwargs, run_on))
+            outputs.append(_first_output(out).to(hidden[name][b].device))
+        return outputs
+
+    for i, layer in enumerate(tqdm(list(adapter.layer_list(model)), desc=desc, leave=False, disable=None)):
+        home = next(layer.parameters()).device
+        run_on = device if device is not None else home
+        points, dense_outputs = modules.get(i, {}), {}
+        layer.to(run_on)
+        try:
+            for name in batches:
+                batch_state: dict = {}
+                accumulators, handles = _register(model, adapter, targets, names, batch_state, fused, only=points)
+                try:
+                    dense_outputs[name] = run(layer, name, i, run_on, batch_state)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                stats[name].update({point: {k: v.cpu() for k, v in states.items()}
+                                    for point, states in _finish(accumulators).items()})
+            held = prune_layer({name: {p: stats[name][p] for p in points if p in stats[name]} for name in batches})
+            handles = [points[p].register_forward_pre_hook(_held_inputs(keep, fill), with_kwargs=True)
+                       for p, (keep, fill) in held.items()]
+            try:
+                for name in batches:  # a layer nothing is removed from feeds the next one its dense outputs
+                    hidden[name] = run(layer, name, i, run_on) if handles else dense_outputs[name]
+            finally:
+                for handle in handles:
+                    handle.remove()
+        finally:
+            layer.to(home)
+    return stats
+
+
 def profile_texts(model, adapter, tokenizer, texts: list[str], targets, *, max_length: int, batch_size: int,
                   statistics=stat_lib.BASE, desc: str = "profile", layerwise_device: torch.device | None = None,
                   fused_stats="auto") -> dict[str, dict[str, torch.Tensor]]:
     """Tokenise and profile; with `layerwise_device`, one layer at a time on that device (`collect_layerwise`)."""
+    return profile_batches(model, adapter, tokenize(tokenizer, texts, max_length, batch_size), targets,
+                           statistics=statistics, desc=desc, layerwise_device=layerwise_device,
+                           fused_stats=fused_stats)
+
+
+def profile_batches(model, adapter, batches: list[dict[str, torch.Tensor]], targets, *, statistics=stat_lib.BASE,
+                    desc: str = "profile", layerwise_device: torch.device | None = None, fused_stats="auto"
+                    ) -> dict[str, dict[str, torch.Tensor]]:
+    """Profile tokenised batches (`collect`, or `collect_layerwise` with `layerwise_device`)."""
     started = time.perf_counter()
-    batches = tokenize(tokenizer, texts, max_length, batch_size)
     if layerwise_device is not None:
         stats = collect_layerwise(model, adapter, batches, targets, layerwise_device, statistics=statistics,
                                   desc=desc, fused_stats=fused_stats)
     else:
         stats = collect(model, adapter, batches, targets, statistics=statistics, desc=desc, fused_stats=fused_stats)
     tokens = int(sum(int(b["attention_mask"].sum()) for b in batches))
-    log.info("%s: %d texts, %d tokens in %.2f s", desc, len(texts), tokens, time.perf_counter() - started)
+    samples = sum(len(b["input_ids"]) for b in batches)
+    log.info("%s: %d samples, %d tokens in %.2f s", desc, samples, tokens, time.perf_counter() - started)
     return stats
+
+
+def calibration_batches(tokenizer, calib_set, calib: dict, seed: int) -> list[dict[str, torch.Tensor]]:
+    """A calibration set's samples as batches: texts truncated at calib.max_length, or the token windows a text
+    set cuts (diet/tasks/text.py)."""
+    rows = text.token_rows(calib_set, tokenizer, max_length=calib["max_length"], n_samples=calib["n_samples"],
+                           seed=seed)
+    return batch_rows(tokenizer, rows, calib["batch_size"])
 
 
 def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -293,9 +404,10 @@ def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor
 
 
 def cache_key(fingerprint: str, task: str, texts: list[str], target, calib: dict, *, seed: int, dtype: str,
-              fused: bool, statistics=stat_lib.BASE) -> dict:
-    """What one target's profile depends on: the model, the calibration texts and settings, the statistics beyond
-    stats.BASE recorded at its points (none: the key of every earlier version), the kernel."""
+              fused: bool, statistics=stat_lib.BASE, windows: str | None = None) -> dict:
+    """What one target's profile depends on: the model, the calibration texts and settings (and, for a text set
+    cut into token windows, how: `windows`), the statistics beyond stats.BASE recorded at its points (none: the
+    key of every earlier version), the kernel."""
     key = {
         "model": fingerprint, "task": task, "n_samples": calib["n_samples"], "seed": seed,
         "max_length": calib["max_length"], "include_target": calib["include_target"],
@@ -306,6 +418,8 @@ def cache_key(fingerprint: str, task: str, texts: list[str], target, calib: dict
     }
     if target.stats_layout:
         key["stats_layout"] = target.stats_layout
+    if windows:
+        key["windows"] = windows
     extra = stat_lib.extras(stat_lib.at(target.hook_kind, stat_lib.resolve(statistics)))
     if extra:
         key["stats"] = extra
@@ -323,14 +437,14 @@ def profile_sets(loaded, calib_sets: dict, targets, cache_dir, calib: dict, *, s
     stats, status = {}, {}
     for name, calib_set in calib_sets.items():
         keys = {t.name: cache_key(loaded.fingerprint, name, calib_set.texts, t, calib, seed=seed, dtype=dtype,
-                                  fused=fused, statistics=statistics) for t in targets}
+                                  fused=fused, statistics=statistics, windows=calib_set.windows) for t in targets}
         found = {t.name: store.load_tensors(keys[t.name]) for t in targets}
         missing = [t for t in targets if found[t.name] is None]
         if missing:
-            computed = flatten(profile_texts(
-                loaded.model, loaded.adapter, loaded.tokenizer, calib_set.texts, missing,
-                max_length=calib["max_length"], batch_size=calib["batch_size"], statistics=statistics,
-                desc=f"profile {name}", layerwise_device=offload_device, fused_stats=fused), sep="/")
+            computed = flatten(profile_batches(
+                loaded.model, loaded.adapter, calibration_batches(loaded.tokenizer, calib_set, calib, seed), missing,
+                statistics=statistics, desc=f"profile {name}", layerwise_device=offload_device, fused_stats=fused),
+                sep="/")
             for t in missing:
                 found[t.name] = {k: v for k, v in computed.items() if owner(k) == t.name}
                 store.store_tensors(keys[t.name], found[t.name])
@@ -340,3 +454,16 @@ def profile_sets(loaded, calib_sets: dict, targets, cache_dir, calib: dict, *, s
         status[name] = "miss" if missing else "hit"
         log.info("profile cache: %s (%s)", status[name], name)
     return stats, status
+
+
+def profile_sequential(loaded, calib_sets: dict, targets, calib: dict, prune_layer, *, seed: int,
+                       statistics=stat_lib.BASE, offload_device: torch.device | None = None):
+    """`collect_sequential` over every calibration set: (stats, {set: "sequential"}). Not cached: a layer's
+    statistics depend on the masks of the layers before it, so on the whole plan."""
+    started = time.perf_counter()
+    batches = {name: calibration_batches(loaded.tokenizer, c, calib, seed) for name, c in calib_sets.items()}
+    stats = collect_sequential(loaded.model, loaded.adapter, batches, targets, prune_layer, device=offload_device,
+                               statistics=statistics, desc="profile (sequential)", fused_stats=calib["fused_stats"])
+    log.info("profile: sequential over %d layers, %d set(s) in %.2f s", len(loaded.adapter.layer_list(loaded.model)),
+             len(batches), time.perf_counter() - started)
+    return stats, {name: "sequential" for name in calib_sets}

@@ -55,6 +55,7 @@ class RunResult:
     task_mask_sha256: dict | None = None   # method=per_task: the hash of each task's own mask
     drop: dict | None = None
     speed: dict | None = None  # eval.speed=true: measured prefill/decode speed-ups beside the FLOP and param ratios
+    method_options: dict | None = None     # the method's own settings (method.* beside name: FLAP's structure)
 
     @classmethod
     def from_json(cls, data: dict) -> "RunResult":
@@ -65,7 +66,7 @@ class RunResult:
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
-        for optional in ("task_mask_sha256", "drop", "speed"):
+        for optional in ("task_mask_sha256", "drop", "speed", "method_options"):
             if out[optional] is None:
                 del out[optional]
         return out
@@ -80,7 +81,8 @@ def build(cfg, plan, *, sparsity, calib_sets, params, metrics, dense_metrics, ti
         model=cfg.model.name, model_id=cfg.model.name_or_path, tasks=plan.profile_tasks, eval_tasks=plan.eval_tasks,
         method=plan.method.name, scoring=plan.scoring.name, target=plan.target_label, scope=plan.rules.scope,
         seed=plan.seed, sparsity=sparsity, vote=OmegaConf.to_container(cfg.vote, resolve=True),
-        prune=OmegaConf.to_container(cfg.prune, resolve=True), calib=plan.calib, params=params, metrics=metrics,
+        prune={**OmegaConf.to_container(cfg.prune, resolve=True), "compensation": plan.compensation},
+        calib=plan.calib, params=params, metrics=metrics, method_options=plan.method_options or None,
         average=evaluate.averages(metrics),
         paper_metric={t: evaluate.paper_metric(t, metrics.get(t)) for t in plan.eval_tasks},
         dense_metrics=dense_metrics, dense_average=evaluate.averages(dense_metrics) if dense_metrics else None,
@@ -133,7 +135,7 @@ def param_sparsity(params: dict, plan) -> dict:
     if "decoder_pruned" in params:
         out["decoder"] = (params["decoder_dense"] - params["decoder_pruned"]) / params["decoder_dense"]
     if plan.budget == "params":
-        out["requested"] = sum(t.param_sparsity for t in plan.targets)
+        out["requested"] = sum(getattr(t, "param_sparsity", t.sparsity) for t in plan.targets)
     return out
 
 

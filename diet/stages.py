@@ -17,6 +17,7 @@ from diet import profile as profile_lib
 from diet import prune as prune_lib
 from diet import vote as vote_lib
 from diet.tasks import calibration, load_tasks
+from diet.tasks import text as text_calibration
 
 log = logging.getLogger("diet")
 
@@ -29,12 +30,15 @@ def tasks(plan, *, data_dir: Path, local_dir: str | None) -> dict:
 
 
 def calibrate(plan, task_objects: dict) -> dict:
-    """The calibration sets the method asks for: one per task, one pooled `generic` set, or none."""
+    """The calibration sets the method asks for: one per task, one pooled `generic` set, one `text` set
+    (calib.source=text: diet/tasks/text.py), or none."""
     kind = plan.method.calibration_for(plan.calib["source"])
-    chosen = {n: task_objects[n] for n in plan.profile_tasks}
     n, seed, with_target = plan.calib["n_samples"], plan.seed, plan.calib["include_target"]
     if kind == "none":
         return {}
+    if kind == "text":
+        return {"text": text_calibration.calibration_set(plan.calib["text"], n, seed)}
+    chosen = {n: task_objects[n] for n in plan.profile_tasks}
     if kind == "pooled":
         return {"generic": calibration.generic_calibration_set(chosen, n, seed, with_target)}
     return {name: calibration.calibration_set(task, n, seed, with_target) for name, task in chosen.items()}
@@ -52,9 +56,34 @@ def exclude_calibration(task_objects: dict, calib_sets: dict) -> None:
 
 
 def profile(plan, loaded, calib_sets: dict, *, cache_dir: Path, dtype: str, offload_device=None):
-    """The declared statistics of every calibration set at every target's hook points: (stats, {set: hit|miss})."""
+    """The declared statistics of every calibration set at every target's hook points: (stats, {set: hit|miss}).
+
+    calib.sequential=true: layer by layer, each layer profiled on what the layers before it output once pruned
+    (profile.collect_sequential), its masks chosen right away by the vote on that layer's statistics (the vote
+    stage, per layer with prune.scope=layer, then chooses the same ones again) and their removed inputs held at
+    0, or at their calibration mean with prune.compensation=mean: what the pruned model computes. The model's
+    weights stay dense until the prune stage; nothing is cached ({set: "sequential"})."""
+    if plan.calib.get("sequential"):
+        return profile_lib.profile_sequential(loaded, calib_sets, plan.targets, plan.calib,
+                                              lambda layer_stats: held_inputs(plan, loaded, layer_stats),
+                                              seed=plan.seed, statistics=plan.statistics,
+                                              offload_device=offload_device)
     return profile_lib.profile_sets(loaded, calib_sets, plan.targets, cache_dir, plan.calib, seed=plan.seed,
                                     dtype=dtype, statistics=plan.statistics, offload_device=offload_device)
+
+
+def held_inputs(plan, loaded, layer_stats: dict) -> dict:
+    """Sequential profiling: {hook point: (kept channels, what removed channels are held at)} for the masks the
+    vote gives one layer's statistics."""
+    model, adapter = loaded.model, loaded.adapter
+    out = {}
+    for target, _, masks, _, _ in _target_votes(plan, loaded, layer_stats):
+        sizes = target.group_sizes(model, adapter)
+        means = prune_lib.mean_inputs(layer_stats, target.name) if plan.compensation == "mean" else {}
+        for key, mask in masks.items():
+            keep = mask.repeat_interleave(sizes.get(key, 1))
+            out[key] = (keep, means.get(key, torch.zeros(keep.numel())))
+    return out
 
 
 @dataclass
@@ -74,18 +103,10 @@ def vote(plan, loaded, stats: dict, calib_sets: dict | None = None) -> Votes:
                } if plan.method.uses_model else {}
     if warning := prune_lib.gpu_alignment_warning(profile_lib.input_device(model, adapter), plan.rules.multiple_of):
         log.warning(warning)
+    if plan.method.select is not None:  # the method chooses every target's masks together (one calibration set)
+        return Votes(plan.method.select(plan, loaded, stats), {}, {}, None)
     out = Votes({}, {}, {}, {})
-    for target in plan.targets:
-        own = {task: {p: s for p, s in task_stats.items() if p.split(".", 1)[0] == target.name}
-               for task, task_stats in stats.items()}
-        scores = plan.method.scores(target, model, adapter, own, plan.scoring, plan.seed, **context)
-        widths = target.widths(model, adapter)
-        for task_scores in scores.values():
-            for group, score in task_scores.items():
-                if score.numel() != widths[group]:
-                    raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
-                                    f"has {widths[group]}; delete the stale cache under cache_dir")
-        masks, per_task, votes = target.vote(model, adapter, scores, plan.rules)
+    for target, scores, masks, per_task, votes in _target_votes(plan, loaded, stats, context):
         out.masks.update(masks)
         if len(scores) > 1:
             for task, task_masks in per_task.items():
@@ -101,7 +122,7 @@ def resolve_budgets(plan, loaded) -> None:
     """prune.budget=params: each target's sparsity, a fraction of the decoder layers' parameters, becomes the
     fraction of its own dimensions whose parameter cost removes that many (`Target.param_cost`); the requested
     fraction stays as `target.param_sparsity`."""
-    if plan.budget != "params":
+    if plan.budget != "params" or plan.method.select is not None:  # FLAP's sparsity is a parameter fraction already
         return
     model, adapter = loaded.model, loaded.adapter
     decoder = prune_lib.decoder_params(model, adapter)
@@ -123,11 +144,30 @@ def check_budgets(plan, loaded) -> None:
     """What rounding to allowed widths makes of each target's budget, from a vote of seeded scores (the kept
     widths of scope=layer do not depend on the scores; global ones land within the rounding of them): a target
     left unpruned is an error, a budget missed by more than 0.05 a warning, both before any profiling."""
+    if plan.method.select is not None:  # the method allocates the budget over its targets itself (FLAP)
+        return
     model, adapter = loaded.model, loaded.adapter
     for target in plan.targets:
         scores = {"dry": methods.draw_scores(target.widths(model, adapter), plan.seed)}
         masks = target.vote(model, adapter, scores, plan.rules)[0]
         check_budget(target, masks, target.multiple_of(model, adapter, plan.rules.multiple_of))
+
+
+def _target_votes(plan, loaded, stats: dict, context: dict | None = None):
+    """Per target: (target, its scores per calibration set, masks, per-task masks, votes) under the plan's rules;
+    `context` goes to a method that runs the model itself (stages.vote)."""
+    model, adapter = loaded.model, loaded.adapter
+    for target in plan.targets:
+        own = {task: {p: s for p, s in task_stats.items() if p.split(".", 1)[0] == target.name}
+               for task, task_stats in stats.items()}
+        scores = plan.method.scores(target, model, adapter, own, plan.scoring, plan.seed, **(context or {}))
+        widths = target.widths(model, adapter)
+        for task_scores in scores.values():
+            for group, score in task_scores.items():
+                if score.numel() != widths[group]:
+                    raise DietError(f"profile: statistics for {group} have {score.numel()} dimensions but the model "
+                                    f"has {widths[group]}; delete the stale cache under cache_dir")
+        yield (target, scores, *target.vote(model, adapter, scores, plan.rules))
 
 
 def check_budget(target, masks: dict, multiple_of: int) -> None:

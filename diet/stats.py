@@ -122,6 +122,18 @@ register(Statistic(
     fused=lambda x, w: (_fused_flat(x, w)[0] * w[:, None]).sum(dim=0)))
 
 
+def _sequence_mean_abs_sq_update(state: torch.Tensor, batch: Batch) -> None:
+    weights = batch.weights.reshape(batch.x.shape[0], -1)                       # [sequences, tokens]
+    sums = (batch.x.float().abs() * weights[..., None]).sum(dim=1)              # [sequences, d]
+    means = sums / weights.sum(dim=1, keepdim=True).clamp_min(1.0)              # all-padding rows give 0
+    state.add_(means.square().sum(dim=0))
+
+
+# Minitron's width importance: per sequence, each channel's mean |x| over its (non-padding) tokens; the state is the
+# sum over sequences of its square, so sqrt(state) is the L2 norm over sequences (scoring=minitron).
+register(Statistic("seq_mean_abs_sq", "input", _per_channel, update=_sequence_mean_abs_sq_update))
+
+
 def _cosine_update(state: torch.Tensor, batch: Batch) -> None:
     x_in = batch.x.reshape(-1, batch.x.shape[-1]).float()
     x_out = batch.out.reshape(-1, batch.out.shape[-1]).float()

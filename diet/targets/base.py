@@ -23,6 +23,8 @@ class Target:
     stats_layout = None       # a profile cache key field, set when what a hook point stores changed (heads)
     compensable = False       # implements `compensation`
     exclusive = False         # pruned alone: prune.target lists no other target beside it (layers)
+    sequential = False        # masks are per decoder layer, each hook point in that layer (calib.sequential)
+    weight_kinds = ("l2",)    # per-channel weight statistics it gives a scoring: weight_norms (l2), column_mean_abs
 
     def __init__(self, sparsity: float = 0.0, **options):
         self.sparsity = float(sparsity)
@@ -62,6 +64,11 @@ class Target:
         """Per mask group, the decoder-layer parameters removing one of its dimensions removes
         (`prune.budget=params`)."""
         raise NotImplementedError
+    def column_mean_abs(self, model, adapter) -> dict[str, torch.Tensor]:
+        """Per channel, the mean |w| of the output projection's column it feeds (Wanda-sp, FLAP's WIFN), keyed like
+        the hook points; only targets whose channels feed one output projection define it."""
+        raise DietError(f"scoring: the mean |weight| of each channel's output column is not defined for "
+                        f"prune.target={self.name}; allowed: prune.target=mlp or heads")
 
     def aggregate(self, per_point: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Scores per hook point -> one score vector per mask group (hook points are the groups by default)."""
@@ -152,6 +159,14 @@ def column_sq_norms(weight: torch.Tensor, rows_per_chunk: int = 4096) -> torch.T
         block = weight[start:start + rows_per_chunk].float()
         out += (block * block).sum(dim=0)
     return out
+
+
+def column_abs_means(weight: torch.Tensor, rows_per_chunk: int = 4096) -> torch.Tensor:
+    """mean over rows of |w| per input column, in float32, a block of rows at a time (like `column_sq_norms`)."""
+    out = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], rows_per_chunk):
+        out += weight[start:start + rows_per_chunk].float().abs().sum(dim=0)
+    return out / weight.shape[0]
 
 
 def norm_scale(norm, offset: float) -> torch.Tensor:

@@ -18,6 +18,8 @@ Grouped-query attention (`prune.heads_gqa`), for a layer of H query heads in K k
     its query heads' scores, the vote runs over groups, and the head masks are the group masks expanded. Removes
     k/v rows too (a smaller KV cache), but a layer with one KV group (Gemma-3 270M) can remove nothing, since
     min_keep keeps at least one group per layer.
+  Multi-head attention (as many KV heads as query heads, every group one head): both modes are the same unit, a
+    query head with its own K/V head, voted as kv_group does (per_group's one-head-per-group floor would keep all).
 min_keep keeps at least one head (per_group: one per KV group; kv_group: one group) per layer.
 
 Physical removal: q_proj rows (and bias) of removed heads, o_proj columns; k_proj/v_proj rows (and biases) of
@@ -35,7 +37,8 @@ import torch
 
 from diet import DietError, vote
 from diet.options import Option
-from diet.targets.base import Target, column_sq_norms, keep_inputs, keep_outputs, removed_contribution
+from diet.targets.base import (Target, column_abs_means, column_sq_norms, keep_inputs, keep_outputs,
+                               removed_contribution)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,8 @@ class HeadsTarget(Target):
     name = "heads"
     stats_layout = "per_channel"   # per head until diet 0.1's first heads version: those cache entries do not fit
     compensable = True
+    sequential = True
+    weight_kinds = ("l2", "mean_abs")
     options = {"gqa": ("heads_gqa", Option("per_group", lambda v: v in GQA_MODES, ", ".join(GQA_MODES)))}
 
     @property
@@ -143,6 +148,12 @@ class HeadsTarget(Target):
         return {f"heads.{i}": column_sq_norms(adapter.attention_projections(layer)[3].weight).sqrt().cpu()
                 for i, layer in enumerate(adapter.decoder_layers(model))}
 
+    @torch.no_grad()
+    def column_mean_abs(self, model, adapter):
+        """Per channel of o_proj's input: the mean |w| of its column (Wanda-sp sums a head's channels' scores)."""
+        return {f"heads.{i}": column_abs_means(adapter.attention_projections(layer)[3].weight).cpu()
+                for i, layer in enumerate(adapter.decoder_layers(model))}
+
     def _group_size(self, model, adapter) -> dict[str, int]:
         """Query heads per KV group, per mask key."""
         return {f"heads.{i}": adapter.num_heads(layer) // adapter.num_kv_heads(layer)
@@ -152,7 +163,7 @@ class HeadsTarget(Target):
         size = self._group_size(model, adapter)
         by_votes = rules.vote_method != "mean_score"
         rules = {**rules.kwargs(), "sparsity": self.sparsity}
-        if self.gqa == "kv_group":
+        if self.gqa == "kv_group" or all(n == 1 for n in size.values()):  # multi-head attention: the same unit
             if all(size[g] == n for g, n in self.widths(model, adapter).items()):
                 log.warning("prune.heads_gqa=kv_group: every layer has a single KV group, which min_keep keeps, so "
                             "no head is removed; prune.heads_gqa=per_group prunes query heads")

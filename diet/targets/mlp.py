@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from diet.targets.base import Target, column_sq_norms, keep_inputs, keep_outputs, removed_contribution
+from diet.targets.base import (Target, column_abs_means, column_sq_norms, keep_inputs, keep_outputs,
+                               removed_contribution)
 
 
 def set_mlp_width(model, adapter, kept: list[torch.Tensor]) -> None:
@@ -32,6 +33,8 @@ def set_mlp_width(model, adapter, kept: list[torch.Tensor]) -> None:
 class MlpTarget(Target):
     name = "mlp"
     compensable = True
+    sequential = True
+    weight_kinds = ("l2", "mean_abs")
 
     def hook_points(self, model, adapter):
         return {f"mlp.{i}": adapter.mlp_projections(layer)[2] for i, layer in enumerate(adapter.decoder_layers(model))}
@@ -54,6 +57,11 @@ class MlpTarget(Target):
     @torch.no_grad()
     def weight_norms(self, model, adapter):
         return {f"mlp.{i}": column_sq_norms(adapter.mlp_projections(layer)[2].weight).sqrt().cpu()
+                for i, layer in enumerate(adapter.decoder_layers(model))}
+
+    @torch.no_grad()
+    def column_mean_abs(self, model, adapter):
+        return {f"mlp.{i}": column_abs_means(adapter.mlp_projections(layer)[2].weight).cpu()
                 for i, layer in enumerate(adapter.decoder_layers(model))}
 
     def compensation(self, model, adapter, kept, mean_inputs):

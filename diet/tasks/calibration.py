@@ -24,6 +24,7 @@ class CalibrationSet:
     doc_ids: list[int]  # index of each text's document in its split (as lm-eval enumerates it)
     held_out_of_eval: bool  # the documents come from the evaluated split and must be excluded from evaluation
     parts: dict[str, "CalibrationSet"] = field(default_factory=dict)  # per-task draws of a pooled set
+    windows: str | None = None  # None: each text one sample; else how diet.tasks.text.token_rows cuts token windows
 
 
 def calibration_set(task, n_samples: int, seed: int, include_target: bool = True) -> CalibrationSet:
