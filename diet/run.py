@@ -50,10 +50,6 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
     stats, cache_status = stages.profile(plan, loaded, calib_sets, cache_dir=cache_dir, dtype=cfg.model.dtype,
                                          offload_device=stages.offload_device(cfg.model, device))
     timings["profile"] = time.perf_counter() - t
-    if plan.stage == "profile":
-        recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
-        log.info("stage=profile: the profile cache is filled; nothing else runs")
-        return {"profile_cache": cache_status}
 
     held_out = stages.held_out_docs(calib_sets)
     stages.exclude_calibration(task_objects, calib_sets)
@@ -68,6 +64,11 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
         dense_metrics = evaluate.dense_eval(loaded, eval_tasks, eval_kwargs, cache_dir, task_names=plan.eval_tasks,
                                             held_out=held_out, local_dir=cfg.data.local_dir)
         timings["dense_eval"] = time.perf_counter() - t
+    if plan.stage == "profile":  # a sweep's first pass: the caches its jobs share are filled, nothing else runs
+        recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
+        log.info("stage=profile: the profile cache%s filled; nothing else runs",
+                 " and the dense-eval cache are" if cfg.eval.dense else " is")
+        return {"profile_cache": cache_status}
 
     recorder.status("running", stage="vote")
     t = time.perf_counter()

@@ -433,7 +433,9 @@ def test_flap_and_wanda_sp_run_end_to_end_on_local_text_and_load_back(tmp_path):
      r"^method.structure: 'AL-XX' is not allowed with method=flap; allowed: AL-AM, AL-MM, UL-UM, UL-MM$"),
     (["method=flap", "method.metric=WIFZ"],
      r"^method.metric: 'WIFZ' is not allowed with method=flap; allowed: WIFV, IFV, WIFN$"),
-    (["method=flap", "+method.strcture=AL-AM"], r"^method.strcture: unknown key for method=flap; allowed: "),
+    (["method=flap", "+method.strcture=AL-AM"],
+     r"^method.strcture: unknown key \(no part of diet reads it\); allowed: a known key \(the nearest known key is "
+     r"method.structure\)$"),
     (["method=flap", "calib.sequential=true"],
      r"^calib.sequential: true is not allowed with method=flap \(its masks are not chosen layer by layer"),
     (["method=flap", "prune.target=[mlp,heads]", "prune.sparsity_per_target.heads=0.5"],

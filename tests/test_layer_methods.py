@@ -222,15 +222,19 @@ def run_layers(tmp_path, *overrides):
 def test_a_shortgpt_run_saves_a_smaller_checkpoint_that_computes_the_dense_model_with_those_layers_skipped(tmp_path):
     results, masks, metadata = run_layers(tmp_path, "method=shortgpt", "prune.save=true")
     assert (results["method"], results["target"]) == ("shortgpt", "layers")
-    assert results["sparsity"] == {"requested": 0.5, "achieved": 0.5}
+    params = results["params"]
+    assert results["sparsity"] == {"requested": 0.5, "achieved": 0.5, "params": {
+        "decoder": 0.5, "model": (params["dense"] - params["pruned"]) / params["dense"]}}  # 2 of 4 equal layers
     assert list(masks) == ["layers"] and masks["layers"].dtype == torch.bool and int(masks["layers"].sum()) == 2
     assert metadata["target"] == "layers" and metadata["method"] == "shortgpt"
 
     dense, _ = tiny_llama(4)
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "pruned_model")
     assert plain.config.num_hidden_layers == 2
+    layer_params = lambda m: sum(p.numel() for layer in m.model.layers for p in layer.parameters())  # noqa: E731
     assert results["params"] == {"dense": sum(p.numel() for p in dense.parameters()),
-                                 "pruned": sum(p.numel() for p in plain.parameters())}
+                                 "pruned": sum(p.numel() for p in plain.parameters()),
+                                 "decoder_dense": layer_params(dense), "decoder_pruned": layer_params(plain)}
     reference = zero_masked_reference(copy.deepcopy(dense), get_adapter(dense), masks, "layers")
     ids = torch.randint(0, 384, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -22,8 +22,12 @@ def test_end_to_end_run_writes_the_output_contract(tmp_path, diet_in_process, ca
     assert json.loads((run / "status.json").read_text())["state"] == "done"
     assert results["model"] == "tiny_gemma2" and results["method"] == "diet" and results["target"] == "mlp"
     assert results["tasks"] == results["eval_tasks"] == ["demo_capitals", "demo_antonyms", "demo_sums", "demo_plurals"]
-    assert results["sparsity"] == {"requested": 0.25, "achieved": 0.25}  # 32 of 128 neurons per layer
-    assert results["params"]["pruned"] == results["params"]["dense"] - 2 * 32 * 3 * 64
+    removed = 2 * 32 * 3 * 64  # 32 of 128 neurons per layer: their gate/up rows and down columns
+    params = results["params"]
+    assert results["sparsity"] == {"requested": 0.25, "achieved": 0.25, "params": {
+        "decoder": removed / params["decoder_dense"], "model": removed / params["dense"]}}
+    assert params["pruned"] == params["dense"] - removed
+    assert params["decoder_pruned"] == params["decoder_dense"] - removed
     assert set(results["timings_s"]) == {"profile", "vote", "prune", "eval", "dense_eval", "total"}
     assert results["profile_cache"] == {t: "miss" for t in results["tasks"]}
     for task, row in results["metrics"].items():

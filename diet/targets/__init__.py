@@ -41,8 +41,8 @@ def get(name: str, **options) -> Target:
 def objects(target) -> list[Target]:
     """Target objects from a Target, a name, or a list of either (names get default options): what library calls
     (prune_model, profile_texts) accept; a run passes the objects its plan built."""
-    items = target if isinstance(target, (list, tuple)) else [target]
-    return [get(t) if isinstance(t, str) else t for t in items]
+    items = [target] if isinstance(target, (str, Target)) else list(target)  # a list, tuple or Hydra ListConfig
+    return [get(str(t)) if isinstance(t, str) else t for t in items]
 
 
 def widths(model, adapter, chosen) -> dict[str, int]:
