@@ -191,6 +191,7 @@ SCRIPTS = {  # script -> jobs per printed sweep, with the script's own defaults
     "paper_main.sh": [50], "ablate_samples.sh": [5], "ablate_threshold.sh": [7, 4], "ablate_scoring.sh": [4],
     "demo_table.sh": [3, 63, 27],
     "ablate_target.sh": [1, 2], "ablate_leave_one_out.sh": [7], "profile_first.sh": [14, 2, 2, 50],
+    "baselines.sh": [5, 45, 15, 15, 30],
 }
 
 
