@@ -324,19 +324,6 @@ def _prefill_fns(model, ids, mask):
     return full, decoder_only
 
 
-def _decode_fn(model, ids):
-    """A prefill of `ids` with a cache, then a function that runs one decode step (the cache grows by one)."""
-    with torch.inference_mode():
-        cache = model(input_ids=ids, use_cache=True).past_key_values
-    token = ids[:, -1:].contiguous()
-
-    def step():
-        with torch.inference_mode():
-            return model(input_ids=token, past_key_values=cache, use_cache=True).logits
-
-    return step
-
-
 def parse_variants(text: str) -> list[tuple[str, float, int]]:
     out = []
     for item in text.split(","):
@@ -364,7 +351,8 @@ def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
             full, dec = _prefill_fns(model, ids, torch.ones_like(ids))
             dense_alone[bs] = interleaved(clock, {"dense full": full, "dense dec": dec}, args.reps, 1)
         for bs, ids in decode_inputs.items():
-            dense_alone[("decode", bs)] = interleaved(clock, {"dense": _decode_fn(model, ids)}, args.decode_steps, 3)
+            dense_alone[("decode", bs)] = interleaved(clock, {"dense": harness.decode_step(model, ids)},
+                                                      args.decode_steps, 3)
     for target, sparsity, multiple_of in variants:
         if time_left(args) < args.min_section_s:
             rec.add("skipped", model=name, what=f"prefill {target} {sparsity} m{multiple_of}", why="time budget")
@@ -405,12 +393,12 @@ def bench_prefill(rec, name, model, adapter, device, clock, args, shape):
                         f"{t_dense * 1e3:.1f} ms pruned {t_pruned * 1e3:.1f} ms speed-up "
                         f"{1 - t_pruned / t_dense:.3f} FLOP red {1 - row['flop_ratio']:.3f}")
             for bs, ids in decode_inputs.items():
-                p_step = _decode_fn(pruned, ids)
+                p_step = harness.decode_step(pruned, ids)
                 if in_place:
                     res = {"dense": dense_alone[("decode", bs)]["dense"]}
                     res.update(interleaved(clock, {"pruned": p_step}, args.decode_steps, 3))
                 else:
-                    res = interleaved(clock, {"dense": _decode_fn(model, ids), "pruned": p_step},
+                    res = interleaved(clock, {"dense": harness.decode_step(model, ids), "pruned": p_step},
                                       args.decode_steps, 3)
                 row = rec.add("decode", model=name, target=target, sparsity=sparsity, multiple_of=multiple_of,
                               batch=bs, cache=args.seq, params_ratio=params_ratio,

@@ -125,14 +125,15 @@ def _prefill(model, ids):
     return run
 
 
-def _decode(model, ids):
+def decode_step(model, ids):
+    """A prefill of `ids` with a cache, then a function that runs one decode step (the cache grows by one)."""
     with torch.inference_mode():
         cache = model(input_ids=ids, use_cache=True).past_key_values
     token = ids[:, -1:].contiguous()
 
     def step():
         with torch.inference_mode():
-            model(input_ids=token, past_key_values=cache, use_cache=True)
+            return model(input_ids=token, past_key_values=cache, use_cache=True).logits
     return step
 
 
@@ -145,8 +146,8 @@ def measure(dense, pruned, adapter, *, device: torch.device, batch: int = 8, seq
     timer = _timer(device)
     prefill = interleaved({"dense": _prefill(dense, ids), "pruned": _prefill(pruned, ids)}, repeats, warmup=1,
                           timer=timer)
-    decode = interleaved({"dense": _decode(dense, ids[:1]), "pruned": _decode(pruned, ids[:1])}, decode_steps,
-                         warmup=2, timer=timer)
+    decode = interleaved({"dense": decode_step(dense, ids[:1]), "pruned": decode_step(pruned, ids[:1])},
+                         decode_steps, warmup=2, timer=timer)
     from diet.prune import count_params  # prune imports targets, which a light import of this module need not
 
     dense_shape, pruned_shape = decoder_shape(dense, adapter), decoder_shape(pruned, adapter)
