@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from diet import cache
+from diet.targets import owner
 
 # what the dimensions of each target are, for axis labels: (plural, one of them)
 UNITS = {"mlp": ("FFN neurons", "neuron"), "heads": ("attention heads", "head"),
@@ -28,10 +29,6 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     return cache.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-
-
-def _target(key: str) -> str:
-    return key.split(".", 1)[0]
 
 
 def jaccard(per_task_masks: dict[str, dict[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
@@ -79,10 +76,10 @@ def score_histogram(score: torch.Tensor, keep: torch.Tensor, bins: int = 40) -> 
 def vote_histograms(votes: dict[str, torch.Tensor], n_tasks: int) -> list[tuple[str, list[int]]]:
     """One histogram per target: (target, how many of its dimensions k = 0..n_tasks tasks kept). Targets are counted
     apart: in `[mlp,heads]` 18 x 4 heads beside 18 x 2048 neurons would be invisible in one histogram."""
-    present = {_target(k) for k in votes}
+    present = {owner(k) for k in votes}
     out = []
     for target in [t for t in UNITS if t in present] + sorted(present - set(UNITS)):
-        counts = torch.cat([v.flatten() for k, v in sorted(votes.items()) if _target(k) == target])
+        counts = torch.cat([v.flatten() for k, v in sorted(votes.items()) if owner(k) == target])
         out.append((target, [int((counts == k).sum()) for k in range(n_tasks + 1)]))
     return out
 

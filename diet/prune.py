@@ -94,7 +94,7 @@ def _describe_keys(keys: list[str]) -> str:
 
 def _kept_indices(model: nn.Module, adapter: Adapter, masks: dict, chosen: list) -> dict[str, torch.Tensor]:
     """Validate every mask before anything is touched; return the kept indices per key (CPU, int64)."""
-    expected = {key: width for t in chosen for key, width in t.widths(model, adapter).items()}
+    expected = targets.widths(model, adapter, chosen)
     label = "+".join(t.name for t in chosen)
     for key in masks:
         if key not in expected:

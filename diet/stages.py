@@ -16,6 +16,7 @@ from diet import DietError, evaluate, methods
 from diet import profile as profile_lib
 from diet import prune as prune_lib
 from diet import vote as vote_lib
+from diet.targets import owner
 from diet.tasks import calibration, load_tasks
 from diet.tasks import text as text_calibration
 
@@ -158,7 +159,7 @@ def _target_votes(plan, loaded, stats: dict, context: dict | None = None):
     `context` goes to a method that runs the model itself (stages.vote)."""
     model, adapter = loaded.model, loaded.adapter
     for target in plan.targets:
-        own = {task: {p: s for p, s in task_stats.items() if p.split(".", 1)[0] == target.name}
+        own = {task: {p: s for p, s in task_stats.items() if owner(p) == target.name}
                for task, task_stats in stats.items()}
         scores = plan.method.scores(target, model, adapter, own, plan.scoring, plan.seed, **(context or {}))
         widths = target.widths(model, adapter)

@@ -25,13 +25,6 @@ from diet.targets.mlp import MlpTarget
 TARGETS: dict[str, type[Target]] = {cls.name: cls for cls in (MlpTarget, HiddenTarget, HeadsTarget, LayersTarget)}
 
 
-def names(target) -> list[str]:
-    """`prune.target` as a list of names: a string, or a list like [mlp, heads] (each name once, in the given order)."""
-    if isinstance(target, str):
-        return [target]
-    return [str(t) for t in target]
-
-
 def get(name: str, **options) -> Target:
     if name not in TARGETS:
         raise DietError(f"prune.target: {name!r} is not supported; allowed: {', '.join(TARGETS)}")
@@ -56,4 +49,4 @@ def owner(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-__all__ = ["TARGETS", "Target", "get", "group_index", "names", "objects", "owner", "widths"]
+__all__ = ["TARGETS", "Target", "get", "group_index", "objects", "owner", "widths"]
