@@ -155,8 +155,10 @@ def _targets(cfg: DictConfig) -> tuple:
     for name in names:
         cls = targets.TARGETS[name]
         value = per_target.get(name)
-        built.append(cls(sparsity=cfg.sparsity if value is None else value,
-                         **{option: cfg.prune.get(key, spec.default) for option, (key, spec) in cls.options.items()}))
+        target = cls(sparsity=cfg.sparsity if value is None else value,
+                     **{option: cfg.prune.get(key, spec.default) for option, (key, spec) in cls.options.items()})
+        target.shares_sparsity = value is None  # prune.budget=params: the targets sharing `sparsity` split it
+        built.append(target)
     return tuple(built)
 
 

@@ -135,8 +135,19 @@ def param_sparsity(params: dict, plan) -> dict:
     if "decoder_pruned" in params:
         out["decoder"] = (params["decoder_dense"] - params["decoder_pruned"]) / params["decoder_dense"]
     if plan.budget == "params":
-        out["requested"] = sum(getattr(t, "param_sparsity", t.sparsity) for t in plan.targets)
+        out["requested"] = requested_param_sparsity(plan.targets)
     return out
+
+
+def requested_param_sparsity(chosen_targets) -> float:
+    """prune.budget=params: the fraction of the decoder's parameters asked for. The targets that share `sparsity`
+    ask for it once between them (resolve_budgets splits it; FLAP allocates it itself); a target with its own
+    prune.sparsity_per_target asks for its value on top."""
+    shared = [t for t in chosen_targets if getattr(t, "shares_sparsity", True)]
+    asked = [getattr(t, "param_sparsity", t.sparsity) for t in chosen_targets if t not in shared]
+    if shared:
+        asked.append(getattr(shared[0], "param_sparsity", shared[0].sparsity))
+    return sum(asked)
 
 
 def versions() -> dict:

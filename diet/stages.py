@@ -121,24 +121,34 @@ def vote(plan, loaded, stats: dict, calib_sets: dict | None = None) -> Votes:
 
 def resolve_budgets(plan, loaded) -> None:
     """prune.budget=params: each target's sparsity, a fraction of the decoder layers' parameters, becomes the
-    fraction of its own dimensions whose parameter cost removes that many (`Target.param_cost`); the requested
-    fraction stays as `target.param_sparsity`."""
+    fraction of its own dimensions whose parameter cost removes that many (`Target.param_cost`). The targets that
+    take `sparsity` (no prune.sparsity_per_target of their own) share it: one fraction of each one's dimensions,
+    together removing `sparsity` of the decoder (Wanda-sp's same ratio for heads and neurons); a target with its
+    own value removes that fraction of the decoder by itself. Each keeps what was asked of its group as
+    `target.param_sparsity` (record.requested_param_sparsity counts a shared value once)."""
     if plan.budget != "params" or plan.method.select is not None:  # FLAP's sparsity is a parameter fraction already
         return
     model, adapter = loaded.model, loaded.adapter
     decoder = prune_lib.decoder_params(model, adapter)
+    holds = {}
     for target in plan.targets:
         cost, widths = target.param_cost(model, adapter), target.widths(model, adapter)
-        holds = sum(cost[g] * widths[g] for g in widths)
-        target.param_sparsity = target.sparsity
-        fraction = target.sparsity * decoder / holds
+        holds[target.name] = sum(cost[g] * widths[g] for g in widths)
+    shared = [t for t in plan.targets if getattr(t, "shares_sparsity", True)]
+    groups = [[t] for t in plan.targets if t not in shared] + ([shared] if shared else [])
+    for group in groups:
+        requested, held = group[0].sparsity, sum(holds[t.name] for t in group)
+        fraction = requested * decoder / held
         if fraction >= 1:
-            raise DietError(f"sparsity: {target.sparsity} of the decoder's parameters with prune.budget=params is "
-                            f"more than prune.target={target.name} holds ({holds / decoder:.4g} of them); allowed: "
-                            f"a sparsity below {holds / decoder:.4g}, or prune.budget=dims")
-        target.sparsity = fraction
-        log.info("prune.budget=params: %s removes %.4g of its dimensions for %.4g of the decoder's parameters",
-                 target.name, fraction, target.param_sparsity)
+            label = group[0].name if len(group) == 1 else f"[{','.join(t.name for t in group)}]"
+            raise DietError(f"sparsity: {requested} of the decoder's parameters with prune.budget=params is "
+                            f"more than prune.target={label} holds ({held / decoder:.4g} of them); allowed: "
+                            f"a sparsity below {held / decoder:.4g}, or prune.budget=dims")
+        for target in group:
+            target.param_sparsity = requested
+            target.sparsity = fraction
+            log.info("prune.budget=params: %s removes %.4g of its dimensions for %.4g of the decoder's parameters",
+                     target.name, fraction, fraction * holds[target.name] / decoder)
 
 
 def check_budgets(plan, loaded) -> None:

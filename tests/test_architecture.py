@@ -331,3 +331,22 @@ def test_a_parameter_budget_is_met_by_every_target(tmp_path):
                                         r"more than prune.target=heads holds"):
         run.run(compose(*QUICK, "prune.budget=params", "sparsity=0.6", "prune.target=heads",
                         f"cache_dir={tmp_path / 'cache'}"), tmp_path / "too_much")
+
+
+def test_targets_sharing_sparsity_share_one_parameter_budget(tmp_path):
+    """prune.budget=params with [mlp,heads]: `sparsity` is the decoder fraction both remove together (one fraction of
+    each one's dimensions), not that fraction each; a per-target value is that target's own decoder fraction."""
+    from diet import run
+
+    common = [*QUICK, "prune.budget=params", "prune.target=[mlp,heads]", f"cache_dir={tmp_path / 'cache'}",
+              "model.config.num_hidden_layers=4"]
+    shared = run.run(compose(*common, "sparsity=0.4"), tmp_path / "shared").sparsity  # heads: 2 of 4 a layer
+    assert shared["params"]["requested"] == 0.4
+    assert shared["params"]["decoder"] == pytest.approx(0.4, abs=0.03)
+    assert shared["per_target"]["mlp"] == pytest.approx(shared["per_target"]["heads"], abs=0.13)  # 4 heads a layer
+    own = run.run(compose(*common, "sparsity=0.2", "prune.sparsity_per_target.heads=0.11"), tmp_path / "own").sparsity
+    assert own["params"]["requested"] == pytest.approx(0.31)  # 0.2 by the neurons, 0.11 (2 of 4 heads) on top
+    assert own["params"]["decoder"] == pytest.approx(0.31, abs=0.02)
+    with pytest.raises(DietError, match=r"^sparsity: 0.99 of the decoder's parameters with prune.budget=params is "
+                                        r"more than prune.target=\[mlp,heads\] holds"):
+        run.run(compose(*common, "sparsity=0.99"), tmp_path / "too_much")
