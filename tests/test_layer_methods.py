@@ -210,7 +210,7 @@ QUICK = ["model=tiny_llama", "tasks=demo", "model.config.num_hidden_layers=4", "
 def run_layers(tmp_path, *overrides):
     from diet import run
 
-    cfg = config.compose([*QUICK, f"cache_dir={tmp_path / 'cache'}", *overrides])
+    cfg = config.compose([*QUICK, f"cache_dir={tmp_path / 'cache'}", "calib.text=pydoc", *overrides])
     run.run(cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     masks = safetensors.torch.load_file(tmp_path / "run" / "mask.safetensors")
@@ -302,3 +302,14 @@ def test_the_plan_of_each_layer_method():
     assert shortgpt.method.calibration_for("task") == sleb.method.calibration_for("task") == "pooled"
     assert voted.method.calibration_for("task") == "task"
     assert sleb.method_options == {"early_barrier": 1, "latter_barrier": 1} and sleb.method.uses_model
+
+
+@pytest.mark.parametrize("method,expected", [
+    ("shortgpt", {"source": "text", "text": "pg19", "n_samples": 128, "max_length": 256}),
+    ("sleb", {"source": "text", "text": "wikitext2", "n_samples": 128, "max_length": 2048, "batch_size": 1}),
+])
+def test_each_layer_method_calibrates_as_its_paper_unless_told_otherwise(method, expected):
+    calib = config.compose([f"method={method}"]).calib
+    assert {k: calib[k] for k in expected} == expected
+    told = config.compose([f"method={method}", "calib.source=generic", "calib.n_samples=7"]).calib
+    assert (told.source, told.n_samples) == ("generic", 7)

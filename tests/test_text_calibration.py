@@ -103,6 +103,9 @@ def test_hub_corpora_are_sampled_as_flaps_data_py(tiny_models, monkeypatch):
     assert text.token_rows(c4, tokenizer, max_length=8, n_samples=5, seed=7) == want
     with pytest.raises(DietError, match=r"^calib.max_length: 10000 is not below any document's length"):
         text.token_rows(c4, tokenizer, max_length=10000, n_samples=1, seed=7)
+    pg19 = text.calibration_set("pg19", 5, seed=7)  # the copy ShortGPT reads: parquet, not a loading script
+    assert seen[-1] == ("emozilla/pg19", None, {"split": "validation"})
+    assert text.token_rows(pg19, tokenizer, max_length=8, n_samples=5, seed=7) == want
 
 
 def test_a_hub_corpus_offline_is_one_line():

@@ -17,7 +17,8 @@ What `calib.text` names, and how its `calib.n_samples` samples of at most `calib
               with randint until one has more than max_length tokens, then a window at a random offset in it, as
               FLAP's get_c4 draws from c4-train.00000-of-01024 (ours: the validation shard, about 40 MB instead of
               300 MB)
-  pg19        deepmind/pg19 validation books, drawn as c4 (ours: no reference calibrates on pg19 this way)
+  pg19        PG-19's validation books (emozilla/pg19, the copy ShortGPT's run_shortgpt.py reads), drawn as c4
+              (ours: the reference reads every consecutive 256-token window of every book)
 The hub corpora need the hub (or the local `datasets` cache); offline they fail in one line. Windows carry no
 special tokens of their own (the stream's first BOS, if the tokenizer adds one, sits in the first window only),
 as in the references. The set's texts (the drawn lines, the stream, or the documents) and its `windows` mode are
@@ -37,7 +38,8 @@ NAMED = {
     "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1", {"split": "train"}, "random"),
     "c4": ("allenai/c4", None, {"data_files": {"validation": "en/c4-validation.00000-of-00008.json.gz"},
                                 "split": "validation"}, "random_doc"),
-    "pg19": ("deepmind/pg19", None, {"split": "validation"}, "random_doc"),
+    # ShortGPT's run_shortgpt.py reads this copy; deepmind/pg19 is a loading script, which datasets >= 4 refuses
+    "pg19": ("emozilla/pg19", None, {"split": "validation"}, "random_doc"),
 }
 BUILTIN = ("pydoc",)
 SUFFIXES = (".jsonl", ".txt")
