@@ -19,7 +19,8 @@ METHOD_ORDER = ("dense", "magnitude", "random", "generic", "diet", "per_task")
 REFERENCES = ("dense", "per_task")  # shown, never ranked: the unpruned model and one model per task
 # Config keys that never become a column: where outputs go, how runs are logged, what does not change a number, and
 # the seed (the axis a row averages over).
-IGNORED = ("hydra", "cache_dir", "device", "logger", "stage", "eval.log_samples", "eval.dense", "prune.save", "seed")
+IGNORED = ("hydra", "cache_dir", "device", "logger", "stage", "eval.log_samples", "eval.dense", "eval.speed", "prune.save",
+           "seed")  # what changes no metric: eval.speed times the pruned model before its evaluation
 # The table's fixed columns, by their config key.
 BASE_CONFIG_KEYS = ("model.name", "method.name", "prune.target", "sparsity")
 LABELS = {"model.name": "model", "method.name": "method", "scoring.name": "scoring", "tasks.names": "tasks",
