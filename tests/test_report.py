@@ -218,6 +218,21 @@ def test_every_launcher_prints_commands_whose_jobs_all_compose(tmp_path):
     assert not list(tmp_path.rglob("*.json"))  # nothing ran
 
 
+def test_baselines_times_only_the_speed_seeds_and_runs_the_others_untimed(tmp_path):
+    proc = launch("baselines.sh", f"hydra.sweep.dir={tmp_path}",
+                  env={"DRY_RUN": "print", "LAUNCHER": "basic", "SEEDS": "0,1,2", "SPEED_SEEDS": "0",
+                       "CALIB": "own", "BUDGETS": "0.2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweeps = {}
+    for command in printed_commands(proc.stdout):
+        args = dict(a.split("=", 1) for a in command[4:] if "=" in a)
+        sweeps[args["hydra.sweep.dir"][len(str(tmp_path)) + 1:]] = (args["seed"], args["eval.speed"])
+    timed, untimed = ("0", "true"), ("1,2", "false")
+    assert sweeps == {"dense": timed, "diet": timed, "diet/untimed": untimed, "own/wanda_sp": timed,
+                      "own/wanda_sp/untimed": untimed, "own/flap": timed, "own/flap/untimed": untimed,
+                      "own/layers": timed, "own/layers/untimed": untimed}
+
+
 @pytest.mark.slow
 def test_dry_run_composes_in_a_subprocess_and_names_a_bad_override(tmp_path):
     ok = launch("ablate_samples.sh", f"hydra.sweep.dir={tmp_path}", env={"DRY_RUN": "1", "LAUNCHER": "local"})
