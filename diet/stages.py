@@ -190,8 +190,8 @@ def check_budget(target, masks: dict, multiple_of: int) -> None:
             f"{target.sparsity} (widths {', '.join(map(str, widths))}; each keeps a multiple of {multiple_of} or its "
             "full width); allowed: a smaller prune.multiple_of (1 = exact) or a larger sparsity")
     if abs(achieved - target.sparsity) > 0.05:
-        log.warning("prune: %s removes %.4g of its dimensions, %.4g requested (kept widths are multiples of %d; "
-                    "prune.multiple_of=1 is exact)", target.name, achieved, target.sparsity, multiple_of)
+        log.warning("prune: %s removes %.4g of its dimensions, %.4g requested (%s)", target.name, achieved,
+                    target.sparsity, target.rounding(multiple_of))
 
 
 def prune(plan, loaded, masks: dict, stats: dict) -> int:

@@ -333,6 +333,19 @@ def test_a_parameter_budget_is_met_by_every_target(tmp_path):
                         f"cache_dir={tmp_path / 'cache'}"), tmp_path / "too_much")
 
 
+def test_the_rounding_warning_says_what_each_target_rounds_to(caplog):
+    from diet import stages
+
+    cases = [(targets.get("mlp", sparsity=0.3), 64, "kept widths are multiples of 64; prune.multiple_of=1 is exact"),
+             (targets.get("heads", sparsity=0.3, gqa="per_group"), 1,
+              "whole heads, as many in every KV group; prune.multiple_of does not apply to heads"),
+             (targets.get("layers", sparsity=0.3), 1, "whole layers: round(sparsity x layers)")]
+    for target, multiple_of, why in cases:
+        caplog.clear()
+        stages.check_budget(target, {f"{target.name}.0": torch.tensor([True, True, False, False])}, multiple_of)
+        assert caplog.messages == [f"prune: {target.name} removes 0.5 of its dimensions, 0.3 requested ({why})"]
+
+
 def test_targets_sharing_sparsity_share_one_parameter_budget(tmp_path):
     """prune.budget=params with [mlp,heads]: `sparsity` is the decoder fraction both remove together (one fraction of
     each one's dimensions), not that fraction each; a per-target value is that target's own decoder fraction."""

@@ -78,6 +78,11 @@ class Target:
         """The kept-width granularity this target uses, given `prune.multiple_of`."""
         return multiple_of
 
+    def rounding(self, multiple_of: int) -> str:
+        """What a budget is rounded to, for the warning when rounding misses it (`multiple_of` as this target
+        uses it)."""
+        return f"kept widths are multiples of {multiple_of}; prune.multiple_of=1 is exact"
+
     def vote(self, model, adapter, scores: dict[str, dict[str, torch.Tensor]], rules):
         """(final masks, per-task masks, votes) from {task: {group: score}} under `rules` (a `vote.Rules`)."""
         return vote.build_masks(scores, sparsity=self.sparsity, **rules.kwargs(self.multiple_of(

@@ -114,6 +114,11 @@ class HeadsTarget(Target):
     def gqa(self) -> str:
         return self.settings["gqa"]
 
+    def rounding(self, multiple_of: int) -> str:
+        if self.gqa == "kv_group":
+            return "whole KV groups with their query heads; prune.multiple_of does not apply to heads"
+        return "whole heads, as many in every KV group; prune.multiple_of does not apply to heads"
+
     def hook_points(self, model, adapter):
         return {f"heads.{i}": adapter.attention_projections(layer)[3]
                 for i, layer in enumerate(adapter.decoder_layers(model))}

@@ -91,6 +91,9 @@ class LayersTarget(Target):
     def multiple_of(self, model, adapter, multiple_of: int) -> int:
         return 1
 
+    def rounding(self, multiple_of: int) -> str:
+        return "whole layers: round(sparsity x layers)"
+
     def budget(self, model, adapter) -> int:
         """How many layers go: round(sparsity x L), which must leave at least one layer and, at a sparsity above
         0, remove at least one."""
