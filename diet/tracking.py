@@ -49,7 +49,21 @@ def _log_to_wandb(logger_cfg, mode, run_dir, config, results, mask_path, name, g
     import wandb  # seconds to import: only when a run logs to W&B
 
     os.environ.setdefault("WANDB_INIT_TIMEOUT", "20")  # the default 90 s blocks a run with no network
-    os.environ["WANDB_MODE"] = mode  # the environment outranks init(mode=...); keep the two the same
+    # The environment outranks init(mode=...): keep the two the same for this run only, so a sweep's next job (in
+    # this process) reads its own logger.mode again, not this one's, nor an offline fallback's.
+    previous = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = mode
+    try:
+        return _log_run(wandb, logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths,
+                        model_dir)
+    finally:
+        if previous is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = previous
+
+
+def _log_run(wandb, logger_cfg, mode, run_dir, config, results, mask_path, name, group, plot_paths, model_dir) -> str:
     run = wandb.init(
         project=logger_cfg.get("project", "diet"), entity=logger_cfg.get("entity"),
         group=logger_cfg.get("group") or group, tags=list(logger_cfg.get("tags") or []), name=name,

@@ -68,7 +68,7 @@ def diet_in_process(compose_cfg, tmp_path, caplog, monkeypatch):
     from diet import run
 
     caplog.set_level(logging.INFO, logger="diet")
-    monkeypatch.setenv("WANDB_MODE", os.environ["WANDB_MODE"])  # the W&B logger sets it; undone after the test
+    monkeypatch.setenv("WANDB_MODE", os.environ["WANDB_MODE"])  # a test may change it; undone after the test
 
     def run_in_process(*overrides: str, run_dir: str = "run"):
         cfg = compose_cfg(*overrides)

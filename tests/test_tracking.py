@@ -50,3 +50,26 @@ def test_one_flatten_serves_profile_statistics_wandb_configs_and_report_settings
     assert list(tracking.flatten_config(config).items()) == [
         ("model.name", "m"), ("model.config.hidden_size", 8), ("model.config.0", None),
         ("tasks.names", ["a", {"x": 1}]), ("sparsity", 0.3), ("logger.tags", [])]
+
+
+def test_the_wandb_mode_is_set_for_one_run_only(tmp_path, monkeypatch):
+    """The logger sets WANDB_MODE while it logs (the environment outranks init's mode) and puts it back, so the
+    next job of an in-process sweep reads its own logger.mode, not the last one's or an offline fallback's."""
+    seen = []
+
+    def fake_run(wandb, logger_cfg, mode, *args):
+        seen.append(os.environ["WANDB_MODE"])
+        if mode == "online":
+            raise ConnectionError("no network")
+        return "folder"
+
+    monkeypatch.setattr(tracking, "_log_run", fake_run)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    kwargs = dict(run_dir=str(tmp_path), config={}, results={}, mask_path="", name="x", group=None)
+    assert tracking.log_run({"name": "wandb", "mode": "online"}, **kwargs) == "folder"  # fell back offline
+    assert seen == ["online", "offline"] and "WANDB_MODE" not in os.environ
+    assert tracking.log_run({"name": "wandb", "mode": "online"}, **kwargs) == "folder"
+    assert seen[2] == "online"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert tracking.log_run({"name": "wandb", "mode": "online"}, **kwargs) == "folder"
+    assert seen[4:] == ["offline"] and os.environ["WANDB_MODE"] == "offline"
