@@ -1,5 +1,6 @@
 """python -m diet.report on a real sweep, and the launch/ scripts: every printed command composes, one runs for real."""
 import csv
+import io
 import importlib.util
 import json
 import os
@@ -348,6 +349,39 @@ def test_bold_compares_equal_achieved_sparsity_and_repeated_seeds_are_merged_and
     assert "1 configurations ran more than once with the same seed" in text and "other_sweep/diet/0" in text
     assert "| achieved |" in text.splitlines()[4].replace("achieved |", "achieved |")
     assert len(csv_text(tasks, metric, extras, rows).strip().splitlines()) == 1 + len(runs)  # every run kept
+
+
+def test_a_parameter_budget_pairs_methods_that_remove_different_structures(tmp_path):
+    """prune.budget=params: rows that asked for the same budget rank against each other and against the baseline
+    whatever they removed (no structure hits a budget exactly); the table shows what each removed and its speed."""
+    from diet.report import Collected, build_table
+    from diet.report.tables import csv_text, markdown
+
+    runs = []
+    for seed in (0, 1):
+        for method, target, removed, average, speed in (("generic", "mlp", 0.222, 0.80, 1.10),
+                                                        ("flap", "mlp+heads", 0.198, 0.70 + seed / 100, 1.20),
+                                                        ("shortgpt", "layers", 0.222, 0.50, 1.30)):
+            run = hand_run(method, seed, average, sparsity=0.2, achieved=removed)
+            run.target, run.param_sparsity, run.param_budget = target, removed, 0.2
+            run.speedup, run.decode_speedup = (speed, speed - 0.05) if seed == 0 else (None, None)  # seed 0 timed
+            runs.append(run)
+    loose = hand_run("diet", 0, 0.99, sparsity=0.2, achieved=0.05)  # budget=dims: never ranked against them
+    runs.append(loose)
+    tasks, metric, extras, rows = build_table(runs, baseline="generic")
+    by_method = {r.method: r for r in rows}
+    assert "average" in by_method["generic"].bold and "average" not in by_method["diet"].bold
+    assert by_method["flap"].baseline.paired and by_method["flap"].baseline.mean == pytest.approx(-0.095)
+    assert by_method["shortgpt"].baseline.mean == pytest.approx(-0.30) and by_method["diet"].baseline is None
+    header, _, *lines = table_rows(markdown(tasks, metric, extras, rows, Collected(runs=runs), ["here"], "generic"))
+    cells = {line[1]: dict(zip(header, line)) for line in lines}
+    assert (cells["flap"]["params removed"], cells["flap"]["prefill ×"], cells["flap"]["decode ×"]) == (
+        "0.198", "1.20", "1.15")
+    assert cells["shortgpt"]["Δ average vs generic"] == "-30.0 ± 0.0"
+    records = list(csv.DictReader(io.StringIO(csv_text(tasks, metric, extras, rows))))
+    flap = [r for r in records if r["method"] == "flap"]
+    assert [(r["decoder_param_sparsity"], r["prefill_speedup"], r["decode_speedup"]) for r in flap] == [
+        ("0.198", "1.2", "1.15"), ("0.198", "", "")]
 
 
 def test_an_unknown_baseline_is_one_line(monkeypatch, tmp_path):

@@ -40,6 +40,8 @@ class Run:
     settings: dict = field(default_factory=dict)  # flat config {key: value}
     param_sparsity: float | None = None  # achieved fraction of the decoder layers' parameters removed
     speedup: float | None = None         # eval.speed: measured prefill speed-up over the dense model
+    decode_speedup: float | None = None  # eval.speed: measured decode speed-up over the dense model
+    param_budget: float | None = None    # prune.budget=params: the requested fraction of the decoder's parameters
     swept: set = field(default_factory=set)       # keys named in the job's overrides
 
 
@@ -96,7 +98,9 @@ def run_from_results(results: dict, where: str, settings: dict | None = None, sw
         dense_average=(results.get("dense_average") or {}).get("paper") if dense else None,
         settings=settings, swept=set(swept or ()),
         param_sparsity=(sparsity.get("params") or {}).get("decoder"),
-        speedup=((results.get("speed") or {}).get("prefill") or {}).get("speedup"))
+        param_budget=(sparsity.get("params") or {}).get("requested"),
+        speedup=((results.get("speed") or {}).get("prefill") or {}).get("speedup"),
+        decode_speedup=((results.get("speed") or {}).get("decode") or {}).get("speedup"))
 
 
 def _job_config(job: Path) -> tuple[dict, set]:

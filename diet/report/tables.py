@@ -59,6 +59,8 @@ class Row:
     param_sparsity: float | None = None
     speedup: float | None = None
     seeds: list = field(default_factory=list)
+    decode_speedup: float | None = None
+    param_budget: float | None = None
     bold: set = field(default_factory=set)
     baseline: "Difference | None" = None
 
@@ -102,7 +104,8 @@ def _row(runs: list[Run], extras: list[str], tasks: list[str]) -> Row:
     return Row(first.model, first.method, first.target, first.sparsity, {k: first.settings.get(k) for k in extras},
                runs, {t: Stat.of(r.scores.get(t) for r in runs) for t in tasks}, Stat.of(r.average for r in runs),
                achieved, ratio, Stat.of(r.param_sparsity for r in runs).mean, Stat.of(r.speedup for r in runs).mean,
-               sorted((r.settings.get("seed") for r in runs), key=natural_key))
+               sorted((r.settings.get("seed") for r in runs), key=natural_key),
+               Stat.of(r.decode_speedup for r in runs).mean, first.param_budget)
 
 
 def _dense_rows(model_runs: list[Run], extras: list[str], tasks: list[str]) -> list[Row]:
@@ -152,9 +155,12 @@ def build_table(runs: list[Run], baseline: str | None = None
 
 
 def _achieved_key(row: Row):
-    """What rows are compared at: the achieved decoder parameter sparsity (to 0.01) when the runs recorded it, so
-    methods removing different structures (neurons, heads, layers) rank against each other; else the target and
-    its achieved sparsity of dimensions."""
+    """What rows are compared at: with prune.budget=params, the parameter budget they asked for, so methods
+    removing different structures (neurons, heads, whole layers) rank against each other although none can hit a
+    budget exactly (the table shows what each removed); else the achieved decoder parameter sparsity (to 0.01) when
+    the runs recorded it; else the target and its achieved sparsity of dimensions."""
+    if row.param_budget is not None:
+        return ("param_budget", round(row.param_budget, 4))
     if row.param_sparsity is not None:
         return ("params", round(row.param_sparsity, 2))
     value = row.achieved if row.achieved is not None else row.sparsity
@@ -275,10 +281,14 @@ def markdown(tasks, metric, extras, rows, found: Collected, sources: list[str], 
     show_achieved = any(r.achieved is not None and r.sparsity is not None and abs(r.achieved - r.sparsity) > 1e-4
                         for r in rows if r.method != "dense")
     multi = any(len(r.runs) > 1 for r in rows)
+    budgets = any(r.param_budget is not None for r in rows)
+    show_params = budgets and any(r.param_sparsity is not None for r in rows if r.method != "dense")
+    show_speed = any(r.speedup is not None for r in rows)
     header = ["model", "method", "target", "sparsity", *(["achieved"] if show_achieved else []),
-              *[label(k) for k in extras], *[f"{t} ({metric[t]})" for t in tasks], "average",
+              *(["params removed"] if show_params else []), *[label(k) for k in extras],
+              *[f"{t} ({metric[t]})" for t in tasks], "average", *(["prefill ×", "decode ×"] if show_speed else []),
               *(["n", "seeds"] if multi else []), *([f"Δ average vs {baseline}"] if baseline else [])]
-    n_left = 4 + show_achieved + len(extras)
+    n_left = 4 + show_achieved + show_params + len(extras)
     lines = ["# DIET report", "", f"{len(found.runs)} runs from {', '.join(sources)}.", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] * n_left + ["---:"] * (len(header) - n_left)) + "|"]
@@ -291,8 +301,13 @@ def markdown(tasks, metric, extras, rows, found: Collected, sources: list[str], 
         cells = [row.model, row.method, row.target or "–", "0" if row.method == "dense" else plain(row.sparsity)]
         if show_achieved:
             cells.append("–" if row.achieved is None else f"{row.achieved:.4f}")
+        if show_params:
+            cells.append("0" if row.method == "dense" else "–" if row.param_sparsity is None
+                         else f"{row.param_sparsity:.3f}")
         cells += [show_extra(k, row.extras.get(k), all_values[k]) if k in row.extras else "" for k in extras]
         cells += [cell(t, row.scores[t]) for t in tasks] + [cell("average", row.average)]
+        if show_speed:
+            cells += ["–" if v is None else f"{v:.2f}" for v in (row.speedup, row.decode_speedup)]
         if multi:
             cells += [str(len(row.runs)), plain(row.seeds) if row.method != "dense" else ""]
         if baseline:
@@ -303,10 +318,19 @@ def markdown(tasks, metric, extras, rows, found: Collected, sources: list[str], 
                                    "over its n runs. " if multi else "")
             + "`sparsity` is the requested fraction of the target's dimensions removed"
             + (", `achieved` the fraction actually removed (width rounding, or the vote)" if show_achieved else "")
+            + (" (with prune.budget=params, of the decoder layers' parameters)" if budgets else "")
+            + (", `params removed` the fraction of the decoder layers' parameters actually removed" if show_params
+               else "")
             + "; each run's numbers, lm-eval's stderr and folder are in report.csv. Bold: best per column among rows "
-            "of the same model, target and achieved sparsity (dense and per_task are references, not ranked).")
+            + ("of the same model and parameter budget" if budgets else
+               "of the same model, target and achieved sparsity")
+            + " (dense and per_task are references, not ranked).")
+    if show_speed:
+        note += (" `prefill ×` / `decode ×`: measured speed-up of the pruned model over the dense one in the same "
+                 "process (eval.speed; median of interleaved repeats), the mean over the row's timed runs.")
     if baseline:
-        note += (f" Δ: the row's average minus {baseline}'s at the same achieved sparsity, in points; paired by seed "
+        note += (f" Δ: the row's average minus {baseline}'s at the same "
+                 + ("parameter budget" if budgets else "achieved sparsity") + ", in points; paired by seed "
                  "(mean ± sd of the per-seed differences) when both ran the same seeds, else `(unpaired)`: the "
                  "difference of the means ± sqrt(sd² + sd²).")
     lines += ["", note]
@@ -328,9 +352,13 @@ def csv_text(tasks, metric, extras, rows) -> str:
     """Every run on its own line (dense rows first per model), raw floats, with lm-eval's stderr per task."""
     out = io.StringIO()
     writer = csv.writer(out)
+    all_runs = [run for row in rows if row.method != "dense" for run in row.runs]
+    params = any(run.param_budget is not None for run in all_runs)  # prune.budget=params
+    speed = any(run.speedup is not None for run in all_runs)
     writer.writerow(["model", "method", "target", "sparsity", *extras, "seed", "achieved_sparsity", "params_ratio",
+                     *(["decoder_param_sparsity"] if params else []),
                      *[c for t in tasks for c in (f"{t}/{metric[t]}", f"{t}/{stderr_name(metric[t])}")], "average",
-                     "run"])
+                     *(["prefill_speedup", "decode_speedup"] if speed else []), "run"])
     for row in rows:
         for run in row.runs:
             dense = row.method == "dense"
@@ -339,6 +367,9 @@ def csv_text(tasks, metric, extras, rows) -> str:
                              *[plain(row.extras[k]) if k in row.extras else "" for k in extras],
                              "" if dense else run.settings.get("seed"), 0.0 if dense else run.achieved,
                              1.0 if dense else run.params_ratio,
+                             *([0.0 if dense else run.param_sparsity] if params else []),
                              *[c for t in tasks for c in (values.get(t), None if dense else run.stderr.get(t))],
-                             row.average.mean if dense else run.average, run.where])
+                             row.average.mean if dense else run.average,
+                             *([None, None] if speed and dense else [run.speedup, run.decode_speedup] if speed else []),
+                             run.where])
     return out.getvalue()
