@@ -317,8 +317,9 @@ def markdown(tasks, metric, extras, rows, found: Collected, sources: list[str], 
             "`average.paper`. " + ("Runs that differ only in `seed` are one row: mean ± sample standard deviation "
                                    "over its n runs. " if multi else "")
             + "`sparsity` is the requested fraction of the target's dimensions removed"
-            + (", `achieved` the fraction actually removed (width rounding, or the vote)" if show_achieved else "")
-            + (" (with prune.budget=params, of the decoder layers' parameters)" if budgets else "")
+            + (" (with prune.budget=params: of the decoder layers' parameters)" if budgets else "")
+            + (", `achieved` the fraction of the target's dimensions actually removed (width rounding, or the vote)"
+               if show_achieved else "")
             + (", `params removed` the fraction of the decoder layers' parameters actually removed" if show_params
                else "")
             + "; each run's numbers, lm-eval's stderr and folder are in report.csv. Bold: best per column among rows "
