@@ -81,6 +81,29 @@ def random_scores(target, model, adapter, stats, chosen, seed):
     return {"random": draw_scores(target.widths(model, adapter), seed)}
 
 
+def slicegpt_select(plan, loaded, stats):
+    """SliceGPT keeps the first k principal directions of every rotated point (the transform sorted each basis by
+    descending eigenvalue): k = round((1 - sparsity) x d), rounded down to prune.multiple_of, as the reference's
+    run_slicegpt.py; with prune.budget=params, the largest such k whose sliced decoder (shortcut matrices counted)
+    holds at most (1 - sparsity) of the unrotated decoder's parameters."""
+    from diet import prune
+    from diet.transforms import rotation
+
+    model, adapter = loaded.model, loaded.adapter
+    (target,) = plan.targets
+    d, m = model.config.rotated_residual["width"], plan.rules.multiple_of
+    if plan.budget == "params":
+        dense_decoder = prune.decoder_params(model, adapter) - rotation.added_params(model, adapter)
+        target.param_sparsity = target.sparsity
+        k = round((1 - target.fraction_for_params(model, adapter, target.sparsity, m, dense_decoder)) * d)
+    else:
+        k = round((1 - target.sparsity) * d)
+        k = d if k >= d else max(m, k // m * m)
+    mask = torch.zeros(d, dtype=torch.bool)
+    mask[:k] = True
+    return {"hidden": mask}
+
+
 @dataclass(frozen=True)
 class ScoreContext:
     """What the vote stage hands a method that declares `uses_model`."""
@@ -138,6 +161,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # Wanda-sp (FLAP's repository, prune_wanda_sp): its metric, the same fraction in every layer, sequential
     Method("wanda_sp", "pooled", wanda_sp_scores, uses_scoring=False, stats=scoring.SCORINGS["wanda_sp"].stats,
            check=_wanda_sp_check, targets=("mlp", "heads")),
+    # SliceGPT: per-point PCA rotations with shortcut matrices (diet/transforms/rotation.py), first k directions kept
+    Method("slicegpt", "pooled", random_scores, uses_scoring=False, transform="slicegpt", targets=("hidden",),
+           select=slicegpt_select, sequential=False, uses_scores_for_plots=False),
     # FLAP: its metric and structures (diet/flap.py), one pass on the dense model, bias compensation
     Method("flap", "pooled", activation_scores, uses_scoring=False, stats=flap.STATISTICS, sequential=False,
            targets=("mlp", "heads"), select=flap.select, compensation=_flap_compensation, check=flap.check, options={

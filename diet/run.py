@@ -41,8 +41,12 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
     task_objects = stages.tasks(plan, data_dir=cache_dir / "data", local_dir=local_dir)
     calib_sets = stages.calibrate(plan, task_objects)
     loaded = models.load(cfg.model, device=device, cache_dir=str(cache_dir), seed=cfg.seed)
-    loaded = plan.transform(loaded, calib_sets)
-    stages.resolve_budgets(plan, loaded)  # prune.budget=params: parameter fractions -> dimension fractions
+    # the model as loaded: what results.json compares with, what eval.speed times (a transform may add parameters)
+    dense_params = prune.count_params(loaded.model)
+    dense_decoder = prune.decoder_params(loaded.model, loaded.adapter)
+    original = copy.deepcopy(loaded.model) if cfg.eval.speed and plan.transform.apply is not None else None
+    loaded = plan.transform(loaded, calib_sets, {"calib": plan.calib, "seed": plan.seed})
+    stages.resolve_budgets(plan, loaded, dense_decoder)  # prune.budget=params: parameter fractions -> dimension fractions
     stages.check_budgets(plan, loaded)  # before any work: rounding that misses the budget, or prunes nothing
 
     recorder.status("running", stage="profile")
@@ -80,15 +84,13 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
         "target": plan.target_label, "scope": cfg.prune.scope, "sparsity": str(cfg.sparsity),
         "method": plan.method.name})
 
-    dense_params = prune.count_params(loaded.model)
-    dense_decoder = prune.decoder_params(loaded.model, loaded.adapter)
     measured = None
     if plan.method.per_task_eval:
         metrics, pruned_params = stages.per_task_eval(plan, loaded, voted.per_task, stats, task_objects,
                                                       eval_kwargs, timings)
     else:
         metrics, pruned_params, measured = prune_and_evaluate(cfg, plan, loaded, voted.masks, stats, eval_tasks,
-                                                              eval_kwargs, recorder, timings, device)
+                                                              eval_kwargs, recorder, timings, device, original)
     timings["total"] = time.perf_counter() - started
     params = {"dense": dense_params, "pruned": pruned_params, "decoder_dense": dense_decoder}
     if not plan.method.per_task_eval:  # one pruned model (per_task evaluates one per task: its largest is above)
@@ -128,11 +130,12 @@ def save_model(loaded, path: Path) -> str | None:
     return None
 
 
-def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings, device):
-    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed):
-    (metrics, pruned parameter count, speed or None)."""
-    dense_params = prune.count_params(loaded.model)
-    dense = copy.deepcopy(loaded.model) if cfg.eval.speed else None
+def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings, device,
+                       original=None):
+    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed; `original`:
+    the model as loaded, when a transform changed it): (metrics, pruned parameter count, speed or None)."""
+    dense_params = prune.count_params(original if original is not None else loaded.model)
+    dense = (original if original is not None else copy.deepcopy(loaded.model)) if cfg.eval.speed else None
     recorder.status("running", stage="prune")
     t = time.perf_counter()
     pruned_params = stages.prune(plan, loaded, masks, stats)

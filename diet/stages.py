@@ -119,15 +119,23 @@ def vote(plan, loaded, stats: dict, calib_sets: dict | None = None) -> Votes:
     return out
 
 
-def resolve_budgets(plan, loaded) -> None:
+def resolve_budgets(plan, loaded, dense_decoder: int | None = None) -> None:
     """prune.budget=params: each target's sparsity, a fraction of the decoder layers' parameters, becomes the
     fraction of its own dimensions whose parameter cost removes that many (`Target.param_cost`); the requested
-    fraction stays as `target.param_sparsity`."""
+    fraction stays as `target.param_sparsity`. `dense_decoder`: the decoder's parameters before any transform
+    (a rotation adds shortcut matrices; the budget is a fraction of the model as loaded)."""
     if plan.budget != "params" or plan.method.select is not None:  # FLAP's sparsity is a parameter fraction already
         return
     model, adapter = loaded.model, loaded.adapter
     decoder = prune_lib.decoder_params(model, adapter)
     for target in plan.targets:
+        solve = getattr(target, "fraction_for_params", None)
+        fraction = solve and solve(model, adapter, target.sparsity, plan.rules.multiple_of, dense_decoder or decoder)
+        if fraction is not None:  # a target whose cost per dimension is not constant solves for its width itself
+            target.param_sparsity, target.sparsity = target.sparsity, fraction
+            log.info("prune.budget=params: %s removes %.4g of its dimensions for %.4g of the decoder's parameters",
+                     target.name, fraction, target.param_sparsity)
+            continue
         cost, widths = target.param_cost(model, adapter), target.widths(model, adapter)
         holds = sum(cost[g] * widths[g] for g in widths)
         target.param_sparsity = target.sparsity
