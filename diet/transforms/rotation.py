@@ -101,14 +101,11 @@ def second_moments(model, adapter, batches, points: dict[str, nn.Module]) -> dic
     return moments
 
 
-def calibration_moments(model, adapter, tokenizer, calib_sets: dict, settings: dict, ends_rotated: bool):
-    """Second moments at every residual point over every calibration set's samples (pooled)."""
-    from diet import profile
-
+def moments_of(model, adapter, batch_sets, ends_rotated: bool) -> dict[str, torch.Tensor]:
+    """Second moments at every residual point (`_points`), summed over every list of token batches."""
     points = _points(model, adapter, ends_rotated)
     total: dict[str, torch.Tensor] = {}
-    for name in sorted(calib_sets):
-        batches = profile.calibration_batches(tokenizer, calib_sets[name], settings["calib"], settings["seed"])
+    for batches in batch_sets:
         for point, H in second_moments(model, adapter, batches, points).items():
             total[point] = H if point not in total else total[point] + H.to(total[point].device)
     return total
@@ -223,13 +220,22 @@ def bases(moments: dict[str, torch.Tensor], n_layers: int, ends_rotated: bool, p
     return ins, mids
 
 
-def apply(model, adapter, tokenizer, calib_sets: dict, settings: dict, *, pooled: bool) -> dict:
-    """Fuse, compute the bases from the calibration sets, rotate (see the module docstring)."""
+def rotate_on(model, adapter, batch_sets, *, pooled: bool) -> None:
+    """Compute the bases from token batches (a list of lists of {input_ids, attention_mask}) and rotate."""
     ends_rotated = not adapter.word_embeddings_tied(model)
-    moments = calibration_moments(model, adapter, tokenizer, calib_sets, settings, ends_rotated)
-    n = len(adapter.decoder_layers(model))
-    ins, mids = bases(moments, n, ends_rotated, pooled)
+    moments = moments_of(model, adapter, batch_sets, ends_rotated)
+    ins, mids = bases(moments, len(adapter.decoder_layers(model)), ends_rotated, pooled)
     rotate(model, adapter, ins, mids)
+
+
+def apply(model, adapter, tokenizer, calib_sets: dict, settings: dict, *, pooled: bool) -> dict:
+    """Fuse, compute the bases from the calibration sets (every set's samples pooled), rotate (see the module
+    docstring)."""
+    from diet import profile
+
+    rotate_on(model, adapter, [profile.calibration_batches(tokenizer, calib_sets[name], settings["calib"],
+                                                           settings["seed"]) for name in sorted(calib_sets)],
+              pooled=pooled)
     log.info("transform: residual stream rotated (%s basis, ends %s)", "one pooled" if pooled else "per-point",
              model.config.rotated_residual["ends"])
     return depends_on(calib_sets, settings, "pca" if pooled else "slicegpt")

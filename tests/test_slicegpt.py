@@ -1,0 +1,209 @@
+"""SliceGPT (method=slicegpt) and the task-voted slicing of one pooled rotation (prune.rotate=pca): the rotated model
+computes the dense one, its matrices are the formulas' (a naive float64 PCA, shortcut = B_in^T B_out sliced), slicing
+beats the unrotated hidden mask of the same width, the checkpoint round-trips through load_pruned, and the pipeline
+keys behave (one DietError line for what does not go together)."""
+import copy
+import math
+
+import pytest
+import torch
+from helpers import QUIET
+from safetensors.torch import load_file
+from test_prune import FAMILIES, logits, tiny_model
+
+from diet import DietError, methods, profile, scoring, targets, vote
+from diet.models.adapters import get_adapter
+from diet.prune import count_params, load_pruned, prune_model, save_pruned
+from diet.tasks.text import calibration_set, token_rows
+from diet.transforms import rotation
+
+VOCAB_IDS = 128
+
+
+def batches(seed=2, rows=6, width=16, batch_size=3):
+    """Right-padded random token batches (rows of different lengths), as the profile stage builds them."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [width - (i * 3) % 7 for i in range(rows)]
+    encoded = [torch.randint(0, VOCAB_IDS, (n,), generator=generator).tolist() for n in lengths]
+
+    class Pad:
+        pad_token_id = 0
+    return profile.batch_rows(Pad(), encoded, batch_size)
+
+
+def padded_logits(model, batch):
+    with torch.inference_mode():
+        return model(**batch).logits[batch["attention_mask"].bool()]
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["slicegpt", "pca"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_rotated_model_computes_the_dense_one(family, pooled):
+    dense = tiny_model(family)
+    model = copy.deepcopy(dense)
+    adapter = get_adapter(model)
+    rotation.rotate_on(model, adapter, [batches()], pooled=pooled)
+    check = batches(seed=5)[0]
+    torch.testing.assert_close(padded_logits(model, check), padded_logits(dense, check), atol=1e-4, rtol=1e-4)
+    # keeping every direction through the hidden target's slicing changes nothing either
+    prune_model(model, adapter, {"hidden": torch.ones(64, dtype=torch.bool)}, "hidden")
+    torch.testing.assert_close(padded_logits(model, check), padded_logits(dense, check), atol=1e-4, rtol=1e-4)
+    record = model.config.rotated_residual
+    tied = family in ("gemma2", "gemma3_text", "llama_tied")
+    assert record["ends"] == ("original" if tied else "rotated")
+    if family.startswith("gemma"):  # post norms: o_proj and down_proj stay unrotated, maps after them
+        assert record["post_maps"] == {"attention": [0, 1], "mlp": [0] if tied else [0, 1]}
+    else:
+        assert record["post_maps"] == {"attention": [], "mlp": []}
+
+
+def zeroed_directions(model, adapter, removed):
+    """The reference for slicing a rotated model: the full-width rotated model with the removed directions of every
+    rotated stream zeroed where they are written (embedding columns, writer rows, post-map and shortcut columns)."""
+    record = model.config.rotated_residual
+    layers = adapter.decoder_layers(model)
+    rotated_ends = record["ends"] == "rotated"
+    with torch.no_grad():
+        if rotated_ends:
+            adapter.embedding(model).weight[:, removed] = 0
+        for i, layer in enumerate(layers):
+            out_rot = i < len(layers) - 1 or rotated_ends
+            _, _, _, o = adapter.attention_projections(layer)
+            down = adapter.mlp_projections(layer)[2]
+            for post_map, writer, rotated in ((layer.attn_post_map, o, True), (layer.mlp_post_map, down, out_rot)):
+                if not rotated:
+                    continue
+                if post_map is not None:
+                    post_map[:, removed] = 0
+                else:
+                    writer.weight[removed] = 0
+                    if writer.bias is not None:
+                        writer.bias[removed] = 0
+            if layer.attn_shortcut is not None:
+                layer.attn_shortcut[:, removed] = 0
+            elif i > 0 or rotated_ends:
+                layer.attn_shortcut = torch.nn.Parameter(torch.diag((~removed).float()))
+            if layer.mlp_shortcut is not None and out_rot:
+                layer.mlp_shortcut[:, removed] = 0
+            elif layer.mlp_shortcut is None:
+                layer.mlp_shortcut = torch.nn.Parameter(torch.diag((~removed).float()))
+    return model
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["slicegpt", "pca"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_slicing_equals_the_rotated_model_with_those_directions_zeroed(family, pooled):
+    """Exact, RMS norms and eps included: the kept stream is carried times sqrt(k/d) (every c is checked here)."""
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    rotation.rotate_on(model, adapter, [batches()], pooled=pooled)
+    keep = torch.ones(64, dtype=torch.bool)
+    keep[torch.randperm(64, generator=torch.Generator().manual_seed(3))[:20]] = False
+    reference = zeroed_directions(copy.deepcopy(model), adapter, ~keep)
+    before, predicted = count_params(model), rotation.decoder_params_at(model, adapter, 44)
+    prune_model(model, adapter, {"hidden": keep}, "hidden")
+    check = batches(seed=5)[0]
+    torch.testing.assert_close(padded_logits(model, check), padded_logits(reference, check), atol=1e-5, rtol=1e-4)
+    assert count_params(model) < before
+    assert predicted == sum(count_params(layer) for layer in adapter.decoder_layers(model))
+
+
+def naive_moment(rows):
+    """sum over rows of x x^T, element by element in float64 from Python lists."""
+    d = len(rows[0])
+    H = [[0.0] * d for _ in range(d)]
+    for x in rows:
+        for a in range(d):
+            xa = x[a]
+            for b in range(d):
+                H[a][b] += xa * x[b]
+    return torch.tensor(H, dtype=torch.float64)
+
+
+def test_bases_and_shortcuts_are_the_formulas():
+    """Each basis is the eigenvectors (descending) of the damped second moment of that point's non-padding
+    activations; a shortcut is B_in^T B_out restricted to the kept directions; a writer is c B^T W."""
+    dense = tiny_model("llama")
+    adapter = get_adapter(dense)
+    calib = batches()
+    captured = {}   # the streams, captured on the dense model by plain hooks
+    layers = adapter.decoder_layers(dense)
+    hooks = [layers[1].register_forward_pre_hook(lambda m, a: captured.setdefault("in.1", []).append(a[0])),
+             layers[0].post_attention_layernorm.register_forward_pre_hook(
+                 lambda m, a: captured.setdefault("mid.0", []).append(a[0]))]
+    for batch in calib:
+        with torch.inference_mode():
+            dense(**batch)
+    for h in hooks:
+        h.remove()
+    naive = {}
+    for point, xs in captured.items():
+        rows = [x.tolist() for b, batch in zip(xs, calib) for x, keep in zip(b.reshape(-1, 64).double(),
+                                                                               batch["attention_mask"].reshape(-1))
+                if keep]
+        H = naive_moment(rows)
+        H += 0.01 * torch.diagonal(H).mean() * torch.eye(64, dtype=torch.float64)
+        values, vectors = torch.linalg.eigh(H)
+        naive[point] = vectors[:, torch.argsort(values, descending=True)]
+
+    moments = rotation.moments_of(dense, adapter, [calib], ends_rotated=True)
+    ins, mids = rotation.bases(moments, 2, ends_rotated=True, pooled=False)
+    for point, basis in (("in.1", ins[1]), ("mid.0", mids[0])):
+        H = moments[point] + 0.01 * moments[point].diagonal().mean() * torch.eye(64, dtype=torch.float64)
+        torch.testing.assert_close(rotation.pca_basis(moments[point])[0],
+                                   torch.linalg.eigvalsh(H).flip(0), atol=1e-9, rtol=1e-9)
+        signs = torch.sign((basis * naive[point]).sum(dim=0))  # eigenvectors are defined up to sign
+        torch.testing.assert_close(basis * signs, naive[point], atol=1e-7, rtol=0)
+
+    model = copy.deepcopy(dense)
+    rotation.rotate(model, adapter, ins, mids)
+    keep = torch.tensor([0, 1, 2, 5, 7, 11] + list(range(20, 62)))
+    o_proj = adapter.attention_projections(layers[0])[3].weight.detach().double()
+    rotation.slice_rotated(model, adapter, keep)
+    layer0 = adapter.decoder_layers(model)[0]
+    expected = (mids[0].t() @ ins[1])[keep][:, keep]
+    torch.testing.assert_close(layer0.mlp_shortcut.double(), expected, atol=1e-6, rtol=0)
+    expected = (ins[0].t() @ mids[0])[keep][:, keep]
+    torch.testing.assert_close(layer0.attn_shortcut.double(), expected, atol=1e-6, rtol=0)
+    c = math.sqrt(keep.numel() / 64)
+    torch.testing.assert_close(adapter.attention_projections(layer0)[3].weight.double(),
+                               c * (mids[0].t() @ o_proj)[keep], atol=1e-6, rtol=0)
+
+
+def calibration_windows(tokenizer, n=8, length=64):
+    rows = token_rows(calibration_set("pydoc", n, 0), tokenizer, max_length=length, n_samples=n, seed=0)
+    return profile.batch_rows(tokenizer, rows, 4)
+
+
+def relative_error(model, dense, calib):
+    pruned = torch.cat([padded_logits(model, b) for b in calib])
+    reference = torch.cat([padded_logits(dense, b) for b in calib])
+    return ((pruned - reference).norm() / reference.norm()).item()
+
+
+def test_slicegpt_at_25_percent_beats_the_unrotated_hidden_mask(tiny_models):
+    dense, tokenizer = tiny_models["tiny_llama"]
+    adapter = get_adapter(dense)
+    calib = calibration_windows(tokenizer)
+    hidden = targets.get("hidden", sparsity=0.25)
+    rules = vote.Rules(scope="layer", min_keep=0.125, multiple_of=1, vote_method="majority", threshold=None,
+                       exact_budget=True)
+
+    plain = copy.deepcopy(dense)
+    stats = {"text": profile.collect(plain, adapter, calib, hidden)}
+    scores = methods.activation_scores(hidden, plain, adapter, stats, scoring.SCORINGS["act_l2"], 0)
+    plain_mask = hidden.vote(plain, adapter, scores, rules)[0]
+    prune_model(plain, adapter, plain_mask, hidden)
+
+    sliced = copy.deepcopy(dense)
+    rotation.rotate_on(sliced, adapter, [calib], pooled=False)
+    first = torch.zeros(64, dtype=torch.bool)
+    first[:48] = True
+    prune_model(sliced, adapter, {"hidden": first}, hidden)
+
+    assert int(plain_mask["hidden"].sum()) == 48
+    assert adapter.decoder_layers(sliced)[0].self_attn.q_proj.in_features == 48  # 75% of the residual width
+    assert adapter.embedding(sliced).weight.shape[1] == 48
+    rotated, unrotated = relative_error(sliced, dense, calib), relative_error(plain, dense, calib)
+    print(f"relative logit error at 25%: slicegpt {rotated:.3f}, unrotated hidden {unrotated:.3f}")
+    assert rotated < unrotated
