@@ -90,7 +90,8 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
                                                       eval_kwargs, timings)
     else:
         metrics, pruned_params, measured = prune_and_evaluate(cfg, plan, loaded, voted.masks, stats, eval_tasks,
-                                                              eval_kwargs, recorder, timings, device, original)
+                                                              eval_kwargs, recorder, timings, device, original,
+                                                              dense_params)
     timings["total"] = time.perf_counter() - started
     params = {"dense": dense_params, "pruned": pruned_params, "decoder_dense": dense_decoder}
     if not plan.method.per_task_eval:  # one pruned model (per_task evaluates one per task: its largest is above)
@@ -131,10 +132,11 @@ def save_model(loaded, path: Path) -> str | None:
 
 
 def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings, device,
-                       original=None):
-    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed; `original`:
-    the model as loaded, when a transform changed it): (metrics, pruned parameter count, speed or None)."""
-    dense_params = prune.count_params(original if original is not None else loaded.model)
+                       original=None, dense_params=None):
+    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed; `original`
+    and `dense_params`: the model as loaded and its parameter count, when a transform changed it): (metrics, pruned
+    parameter count, speed or None)."""
+    dense_params = dense_params or prune.count_params(loaded.model)
     dense = (original if original is not None else copy.deepcopy(loaded.model)) if cfg.eval.speed else None
     recorder.status("running", stage="prune")
     t = time.perf_counter()

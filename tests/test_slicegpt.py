@@ -207,3 +207,97 @@ def test_slicegpt_at_25_percent_beats_the_unrotated_hidden_mask(tiny_models):
     rotated, unrotated = relative_error(sliced, dense, calib), relative_error(plain, dense, calib)
     print(f"relative logit error at 25%: slicegpt {rotated:.3f}, unrotated hidden {unrotated:.3f}")
     assert rotated < unrotated
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_the_sliced_checkpoint_round_trips_through_load_pruned(family, tmp_path):
+    """Untied Llama (rotated ends, k x k shortcuts) and tied Gemma-3 (original ends, post maps): same logits."""
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    rotation.rotate_on(model, adapter, [batches()], pooled=False)
+    keep = torch.zeros(64, dtype=torch.bool)
+    keep[:48] = True
+    prune_model(model, adapter, {"hidden": keep}, "hidden")
+    save_pruned(model, None, tmp_path / "pruned")
+    loaded, _ = load_pruned(tmp_path / "pruned", attn_implementation="eager")
+    check = batches(seed=5)[0]
+    torch.testing.assert_close(padded_logits(loaded, check), padded_logits(model, check), atol=0, rtol=0)
+    assert count_params(loaded) == count_params(model)
+    assert loaded.config.rotated_residual["kept"] == 48
+
+
+SLICEGPT_RUN = ["model=tiny_llama", "method=slicegpt", "calib.text=pydoc", "calib.n_samples=8", "calib.max_length=64",
+                *QUIET]
+
+
+def test_method_slicegpt_runs_saves_and_evaluates_again_through_diet(diet_in_process, tmp_path):
+    from diet import evaluate
+    from diet.tasks import evaluation_tasks, load_tasks
+
+    result = diet_in_process(*SLICEGPT_RUN, "sparsity=0.25", "prune.save=true", "prune.multiple_of=8")
+    assert result.method == "slicegpt" and result.target == "hidden"
+    assert result.sparsity["achieved"] == 0.25   # round(0.75 x 64) = 48, a multiple of 8
+    mask = load_file(tmp_path / "run" / "mask.safetensors")["hidden"]
+    assert mask[:48].all() and not mask[48:].any()   # the first 48 principal directions of every point
+    assert result.params["pruned"] < result.params["dense"] == 123200  # the model as loaded, not as rotated
+    model, tokenizer = load_pruned(tmp_path / "run" / "pruned_model")
+    assert adapter_width(model) == 48
+    tasks = load_tasks(result.eval_tasks, data_dir=str(tmp_path / "cache" / "data"))
+    again = evaluate.evaluate(model, tokenizer, evaluation_tasks(tasks), device="cpu", batch_size=8, limit=8,
+                              bootstrap_iters=0)["metrics"]
+    assert {t: m["acc"] for t, m in again.items()} == {t: m["acc"] for t, m in result.metrics.items()}
+
+
+def adapter_width(model):
+    return get_adapter(model).decoder_layers(model)[0].self_attn.q_proj.in_features
+
+
+def test_slicegpt_rounds_down_and_budgets_parameters(diet_in_process, tmp_path):
+    """round(0.7 x 64) = 45 -> 40 with prune.multiple_of=8 (the reference's rounding); prune.budget=params counts the
+    shortcut matrices against the unrotated decoder."""
+    result = diet_in_process(*SLICEGPT_RUN, "sparsity=0.3", "prune.multiple_of=8", "eval.limit=1", run_dir="dims")
+    assert result.sparsity["achieved"] == 1 - 40 / 64
+    result = diet_in_process(*SLICEGPT_RUN, "sparsity=0.1", "prune.budget=params", "prune.multiple_of=8",
+                             "eval.limit=1", run_dir="params")
+    params = result.params
+    assert params["decoder_pruned"] <= 0.9 * params["decoder_dense"]
+    kept = round((1 - result.sparsity["achieved"]) * 64)
+    assert kept % 8 == 0 and kept < 64
+
+
+VOTED = ["model=tiny_llama", "prune.target=hidden", "sparsity=0.25", *QUIET]
+
+
+def test_task_voted_slicing_in_the_pooled_rotated_basis(diet_in_process, tmp_path):
+    """prune.rotate=pca: each task ranks the pooled principal directions by its own activations; the masks are not
+    those of the unrotated hidden target; the width is right; intersection without the exact budget is the AND of
+    the task masks."""
+    rotated = diet_in_process(*VOTED, "prune.rotate=pca", "vote.method=intersection", "vote.exact_budget=false",
+                              run_dir="rotated")
+    plain = diet_in_process(*VOTED, "vote.method=intersection", "vote.exact_budget=false", run_dir="plain")
+    masks = load_file(tmp_path / "rotated" / "mask.safetensors")
+    plain_masks = load_file(tmp_path / "plain" / "mask.safetensors")
+    task_masks = [m for k, m in masks.items() if k.startswith("task.")]
+    assert len(task_masks) == 4 and all(int(m.sum()) == 48 for m in task_masks)
+    assert torch.equal(masks["hidden"], torch.stack(task_masks).all(dim=0))
+    assert not all(torch.equal(masks[k], plain_masks[k]) for k in masks)
+    assert rotated.sparsity["achieved"] == 1 - int(masks["hidden"].sum()) / 64
+    exact = diet_in_process(*VOTED, "prune.rotate=pca", run_dir="exact")
+    assert exact.sparsity["achieved"] == 0.25
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["prune.rotate=svd"], "prune.rotate: 'svd' is not allowed; allowed: none, pca"),
+    (["prune.rotate=pca"], "prune.rotate: 'pca' is not allowed with prune.target=mlp"),
+    (["prune.rotate=pca", "prune.target=hidden", "method=random"], "prune.rotate: 'pca' is not allowed with "
+                                                                    "method=random"),
+    (["method=slicegpt", "prune.rotate=pca"], "prune.rotate: 'pca' is not allowed with method=slicegpt"),
+    (["method=slicegpt", "prune.target=mlp"], "method: 'slicegpt' is not allowed"),
+    (["method=slicegpt", "model.offload=true"], "model.offload: method=slicegpt is not allowed"),
+])
+def test_what_does_not_go_together_is_one_line(compose_cfg, overrides, message):
+    from diet import config
+
+    with pytest.raises(DietError) as err:
+        config.plan(compose_cfg("model=tiny_llama", *overrides))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
