@@ -50,9 +50,9 @@ def test_the_rotated_model_computes_the_dense_one(family, pooled):
     torch.testing.assert_close(padded_logits(model, check), padded_logits(dense, check), atol=1e-4, rtol=1e-4)
     record = model.config.rotated_residual
     tied = family in ("gemma2", "gemma3_text", "llama_tied")
-    assert record["ends"] == ("original" if tied else "rotated")
+    assert record["embedding"] == ("original" if tied else "rotated")
     if family.startswith("gemma"):  # post norms: o_proj and down_proj stay unrotated, maps after them
-        assert record["post_maps"] == {"attention": [0, 1], "mlp": [0] if tied else [0, 1]}
+        assert record["post_maps"] == {"attention": [0, 1], "mlp": [0]}
     else:
         assert record["post_maps"] == {"attention": [], "mlp": []}
 
@@ -62,12 +62,12 @@ def zeroed_directions(model, adapter, removed):
     rotated stream zeroed where they are written (embedding columns, writer rows, post-map and shortcut columns)."""
     record = model.config.rotated_residual
     layers = adapter.decoder_layers(model)
-    rotated_ends = record["ends"] == "rotated"
+    start_rotated = record["embedding"] == "rotated"
     with torch.no_grad():
-        if rotated_ends:
+        if start_rotated:
             adapter.embedding(model).weight[:, removed] = 0
         for i, layer in enumerate(layers):
-            out_rot = i < len(layers) - 1 or rotated_ends
+            out_rot = i < len(layers) - 1
             _, _, _, o = adapter.attention_projections(layer)
             down = adapter.mlp_projections(layer)[2]
             for post_map, writer, rotated in ((layer.attn_post_map, o, True), (layer.mlp_post_map, down, out_rot)):
@@ -81,7 +81,7 @@ def zeroed_directions(model, adapter, removed):
                         writer.bias[removed] = 0
             if layer.attn_shortcut is not None:
                 layer.attn_shortcut[:, removed] = 0
-            elif i > 0 or rotated_ends:
+            elif i > 0 or start_rotated:
                 layer.attn_shortcut = torch.nn.Parameter(torch.diag((~removed).float()))
             if layer.mlp_shortcut is not None and out_rot:
                 layer.mlp_shortcut[:, removed] = 0
@@ -146,8 +146,8 @@ def test_bases_and_shortcuts_are_the_formulas():
         values, vectors = torch.linalg.eigh(H)
         naive[point] = vectors[:, torch.argsort(values, descending=True)]
 
-    moments = rotation.moments_of(dense, adapter, [calib], ends_rotated=True)
-    ins, mids = rotation.bases(moments, 2, ends_rotated=True, pooled=False)
+    moments = rotation.moments_of(dense, adapter, [calib], start_rotated=True)
+    ins, mids = rotation.bases(moments, 2, start_rotated=True, pooled=False)
     for point, basis in (("in.1", ins[1]), ("mid.0", mids[0])):
         H = moments[point] + 0.01 * moments[point].diagonal().mean() * torch.eye(64, dtype=torch.float64)
         torch.testing.assert_close(rotation.pca_basis(moments[point])[0],
@@ -211,7 +211,7 @@ def test_slicegpt_at_25_percent_beats_the_unrotated_hidden_mask(tiny_models):
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 def test_the_sliced_checkpoint_round_trips_through_load_pruned(family, tmp_path):
-    """Untied Llama (rotated ends, k x k shortcuts) and tied Gemma-3 (original ends, post maps): same logits."""
+    """Untied Llama (rotated embedding, k x k shortcuts) and tied Gemma-3 (original embedding, post maps)."""
     model = tiny_model(family)
     adapter = get_adapter(model)
     rotation.rotate_on(model, adapter, [batches()], pooled=False)

@@ -20,12 +20,14 @@ What is computed (each step in float64, cast back to the weights' dtype once):
   Gemma     o_proj and down_proj are followed by post norms, which normalise in the original basis: they stay
             unrotated, the post norm gets unit scale and a map diag(s) B (d x d, d x k once sliced) follows it:
             exact, at the cost of the map and of o_proj/down_proj keeping all d output rows (docs/literature.md).
-  ends      a model whose LM head is tied to its embedding keeps both, with the final norm, in the original
-            basis: layer 0 reads the unrotated embedding (its attention shortcut is B_mid, d x k) and the last
-            layer writes the unrotated stream (its MLP shortcut is B_mid^T, k x d), so nothing of the vocabulary
-            matrix is copied or untied. Untied models rotate and slice the embedding and the head as the reference.
+  ends      the last layer writes the stream in the original basis at full width (its MLP shortcut is B_mid^T,
+            k x d), so the final norm and the LM head stay as they are: the reference's default (its LM head is
+            not sliced unless asked, and rotating a full-width stream changes nothing). The start: an untied
+            model's embedding is rotated and sliced (E <- c E B_0[:, kept]) as the reference; a model whose LM head
+            is tied to its embedding keeps the embedding too, and layer 0 reads the unrotated stream (its attention
+            shortcut is B_mid, d x k), so nothing of the vocabulary matrix is copied or untied.
 
-`config.rotated_residual` records the structure ({"ends", "width", "shortcuts", "post_maps"}) so `load_pruned`
+`config.rotated_residual` records the structure ({"embedding", "width", "kept", "shortcuts", "post_maps"}) so `load_pruned`
 rebuilds it (`restore_rotated`); the layers' extra matrices are ordinary parameters in model.safetensors.
 """
 from __future__ import annotations
@@ -56,17 +58,14 @@ def pca_basis(H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values[order], vectors[:, order]
 
 
-def _points(model, adapter, ends_rotated: bool) -> dict[str, nn.Module]:
-    """Residual points -> the module whose first input is the stream there: `in.<i>` entering layer i, `mid.<i>`
-    entering its MLP's pre-norm, `in.<L>` entering the final norm (in.0 and in.L only when the ends rotate)."""
-    layers = adapter.decoder_layers(model)
+def _points(model, adapter, start_rotated: bool) -> dict[str, nn.Module]:
+    """Residual points -> the module whose first input is the stream there: `in.<i>` entering layer i (in.0 only
+    when the embedding is rotated), `mid.<i>` entering its MLP's pre-norm."""
     points = {}
-    for i, layer in enumerate(layers):
-        if i > 0 or ends_rotated:
+    for i, layer in enumerate(adapter.decoder_layers(model)):
+        if i > 0 or start_rotated:
             points[f"in.{i}"] = layer
         points[f"mid.{i}"] = adapter.residual_norms(layer).pre[-1]
-    if ends_rotated:
-        points[f"in.{len(layers)}"] = adapter.final_norm(model)
     return points
 
 
@@ -101,9 +100,9 @@ def second_moments(model, adapter, batches, points: dict[str, nn.Module]) -> dic
     return moments
 
 
-def moments_of(model, adapter, batch_sets, ends_rotated: bool) -> dict[str, torch.Tensor]:
+def moments_of(model, adapter, batch_sets, start_rotated: bool) -> dict[str, torch.Tensor]:
     """Second moments at every residual point (`_points`), summed over every list of token batches."""
-    points = _points(model, adapter, ends_rotated)
+    points = _points(model, adapter, start_rotated)
     total: dict[str, torch.Tensor] = {}
     for batches in batch_sets:
         for point, H in second_moments(model, adapter, batches, points).items():
@@ -164,8 +163,8 @@ def rotate(model, adapter, in_bases: list, mid_bases: list) -> None:
     and MLP. Records `config.rotated_residual`."""
     layers = adapter.decoder_layers(model)
     n, offset = len(layers), adapter.norm_offset
-    ends_rotated = in_bases[0] is not None
-    record = {"ends": "rotated" if ends_rotated else "original", "width": adapter.hidden_size(model),
+    start_rotated = in_bases[0] is not None
+    record = {"embedding": "rotated" if start_rotated else "original", "width": adapter.hidden_size(model),
               "shortcuts": {"attention": [], "mlp": []}, "post_maps": {"attention": [], "mlp": []}}
     for i, layer in enumerate(layers):
         adapter.make_rotated(layer)
@@ -196,16 +195,13 @@ def rotate(model, adapter, in_bases: list, mid_bases: list) -> None:
         if b_mid is not b_out:
             layer.mlp_shortcut = _parameter(like, b_mid.double().t() if b_out is None else _mm(b_mid.t(), b_out))
             record["shortcuts"]["mlp"].append(i)
-    if ends_rotated:
+    if start_rotated:
         embedding = adapter.embedding(model)
         _set(embedding, "weight", _mm(embedding.weight.detach(), in_bases[0]))
-        head, final = adapter.lm_head(model), adapter.final_norm(model)
-        scale = _unit_norm(final, offset)
-        _set(head, "weight", _mm(head.weight.detach().double() * scale.to(head.weight.device), in_bases[n]))
     model.config.rotated_residual = record
 
 
-def bases(moments: dict[str, torch.Tensor], n_layers: int, ends_rotated: bool, pooled: bool):
+def bases(moments: dict[str, torch.Tensor], n_layers: int, start_rotated: bool, pooled: bool):
     """(in_bases, mid_bases) from the second moments: one per point, or one pooled basis for every point."""
     if pooled:
         H = sum((m / m.diagonal().sum().clamp_min(1e-300)).cpu() for _, m in sorted(moments.items()))
@@ -215,16 +211,17 @@ def bases(moments: dict[str, torch.Tensor], n_layers: int, ends_rotated: bool, p
     else:
         ins = [pca_basis(moments[f"in.{i}"])[1] if f"in.{i}" in moments else None for i in range(n_layers + 1)]
         mids = [pca_basis(moments[f"mid.{i}"])[1] for i in range(n_layers)]
-    if not ends_rotated:
-        ins[0] = ins[n_layers] = None
+    ins[n_layers] = None  # the last layer writes the original basis: the final norm and the head stay
+    if not start_rotated:
+        ins[0] = None
     return ins, mids
 
 
 def rotate_on(model, adapter, batch_sets, *, pooled: bool) -> None:
     """Compute the bases from token batches (a list of lists of {input_ids, attention_mask}) and rotate."""
-    ends_rotated = not adapter.word_embeddings_tied(model)
-    moments = moments_of(model, adapter, batch_sets, ends_rotated)
-    ins, mids = bases(moments, len(adapter.decoder_layers(model)), ends_rotated, pooled)
+    start_rotated = not adapter.word_embeddings_tied(model)
+    moments = moments_of(model, adapter, batch_sets, start_rotated)
+    ins, mids = bases(moments, len(adapter.decoder_layers(model)), start_rotated, pooled)
     rotate(model, adapter, ins, mids)
 
 
@@ -236,8 +233,8 @@ def apply(model, adapter, tokenizer, calib_sets: dict, settings: dict, *, pooled
     rotate_on(model, adapter, [profile.calibration_batches(tokenizer, calib_sets[name], settings["calib"],
                                                            settings["seed"]) for name in sorted(calib_sets)],
               pooled=pooled)
-    log.info("transform: residual stream rotated (%s basis, ends %s)", "one pooled" if pooled else "per-point",
-             model.config.rotated_residual["ends"])
+    log.info("transform: residual stream rotated (%s basis, embedding %s)", "one pooled" if pooled else "per-point",
+             model.config.rotated_residual["embedding"])
     return depends_on(calib_sets, settings, "pca" if pooled else "slicegpt")
 
 
@@ -263,9 +260,9 @@ def slice_rotated(model, adapter, indices: torch.Tensor) -> None:
     offset = adapter.norm_offset
     layers = adapter.decoder_layers(model)
     n = len(layers)
-    rotated_ends = record["ends"] == "rotated"
+    start_rotated = record["embedding"] == "rotated"
     for i, layer in enumerate(layers):
-        in_rot, out_rot = (i > 0 or rotated_ends), (i < n - 1 or rotated_ends)
+        in_rot, out_rot = (i > 0 or start_rotated), i < n - 1
         norms = adapter.residual_norms(layer)
         q, kp, v, o = adapter.attention_projections(layer)
         gate, up, down = adapter.mlp_projections(layer)
@@ -294,13 +291,11 @@ def slice_rotated(model, adapter, indices: torch.Tensor) -> None:
             S = S.index_select(1, indices.to(S.device)) if out_rot else (S.float() / c).to(S.dtype)
             layer.mlp_shortcut = nn.Parameter(S, requires_grad=False)
         adapter.set_hidden_size_attribute(layer, k)
-    if rotated_ends:
+    if start_rotated:
         embedding = adapter.embedding(model)
         weight = embedding.weight.detach().index_select(1, indices.to(embedding.weight.device))
         set_parameter(embedding, "weight", (weight.float() * c).to(weight.dtype))
         embedding.embedding_dim = k
-        keep_inputs(adapter.lm_head(model), indices)
-        keep_norm(adapter.final_norm(model), indices, offset, divisor=c)
     head_dim = adapter.head_dim(model)
     record["width"] = d
     record["kept"] = k
@@ -340,11 +335,11 @@ def decoder_params_at(model, adapter, k: int) -> int:
     from diet.prune import count_params
 
     record = model.config.rotated_residual
-    d, rotated_ends = record["width"], record["ends"] == "rotated"
+    d, start_rotated = record["width"], record["embedding"] == "rotated"
     layers = adapter.decoder_layers(model)
     total = 0
     for i, layer in enumerate(layers):
-        in_rot, out_rot = (i > 0 or rotated_ends), (i < len(layers) - 1 or rotated_ends)
+        in_rot, out_rot = (i > 0 or start_rotated), i < len(layers) - 1
         w_in, w_out = (k if in_rot else d), (k if out_rot else d)
         q, kp, v, o = adapter.attention_projections(layer)
         gate, up, down = adapter.mlp_projections(layer)
