@@ -83,23 +83,22 @@ def random_scores(target, model, adapter, stats, chosen, seed):
 
 def slicegpt_select(plan, loaded, stats):
     """SliceGPT keeps the first k principal directions of every rotated point (the transform sorted each basis by
-    descending eigenvalue): k = round((1 - sparsity) x d), rounded down to prune.multiple_of, as the reference's
-    run_slicegpt.py; with prune.budget=params, the largest such k whose sliced decoder (shortcut matrices counted)
-    holds at most (1 - sparsity) of the unrotated decoder's parameters."""
+    descending eigenvalue): k = round((1 - sparsity) x d), rounded down to prune.multiple_of; with
+    prune.budget=params, the largest such k whose sliced decoder (shortcut matrices counted) holds at most
+    (1 - sparsity) of the unrotated decoder's parameters (rotation.slicegpt_width). The interleaved transform
+    chose k already (it cut the streams while rotating) and recorded it."""
     from diet import prune
     from diet.transforms import rotation
 
     model, adapter = loaded.model, loaded.adapter
     (target,) = plan.targets
-    d, m = model.config.rotated_residual["width"], plan.rules.multiple_of
+    record = model.config.rotated_residual
     if plan.budget == "params":
-        dense_decoder = prune.decoder_params(model, adapter) - rotation.added_params(model, adapter)
         target.param_sparsity = target.sparsity
-        k = round((1 - target.fraction_for_params(model, adapter, target.sparsity, m, dense_decoder)) * d)
-    else:
-        k = round((1 - target.sparsity) * d)
-        k = d if k >= d else max(m, k // m * m)
-    mask = torch.zeros(d, dtype=torch.bool)
+    k = record.get("interleaved") or rotation.slicegpt_width(
+        model, adapter, target.sparsity, plan.rules.multiple_of, plan.budget,
+        prune.decoder_params(model, adapter) - rotation.added_params(model, adapter))
+    mask = torch.zeros(record["width"], dtype=torch.bool)
     mask[:k] = True
     return {"hidden": mask}
 
@@ -163,7 +162,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            check=_wanda_sp_check, targets=("mlp", "heads")),
     # SliceGPT: per-point PCA rotations with shortcut matrices (diet/transforms/rotation.py), first k directions kept
     Method("slicegpt", "pooled", random_scores, uses_scoring=False, transform="slicegpt", targets=("hidden",),
-           select=slicegpt_select, sequential=False, uses_scores_for_plots=False),
+           select=slicegpt_select, sequential=False, uses_scores_for_plots=False, options={
+               "interleave": Option(True, lambda v: isinstance(v, bool),
+                                    "true (each layer's bases from the signals of the already-cut layers before it, "
+                                    "the reference's rotate_and_slice) or false (every basis from the dense model, "
+                                    "its rotate + slice_rotated_model)")}),
     # FLAP: its metric and structures (diet/flap.py), one pass on the dense model, bias compensation
     Method("flap", "pooled", activation_scores, uses_scoring=False, stats=flap.STATISTICS, sequential=False,
            targets=("mlp", "heads"), select=flap.select, compensation=_flap_compensation, check=flap.check, options={

@@ -45,7 +45,9 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
     dense_params = prune.count_params(loaded.model)
     dense_decoder = prune.decoder_params(loaded.model, loaded.adapter)
     original = copy.deepcopy(loaded.model) if cfg.eval.speed and plan.transform.apply is not None else None
-    loaded = plan.transform(loaded, calib_sets, {"calib": plan.calib, "seed": plan.seed})
+    loaded = plan.transform(loaded, calib_sets, {
+        "calib": plan.calib, "seed": plan.seed, "options": plan.method_options, "budget": plan.budget,
+        "sparsity": plan.targets[0].sparsity, "multiple_of": plan.rules.multiple_of})
     stages.resolve_budgets(plan, loaded, dense_decoder)  # prune.budget=params: parameter fractions -> dimension fractions
     stages.check_budgets(plan, loaded)  # before any work: rounding that misses the budget, or prunes nothing
 

@@ -258,6 +258,7 @@ def test_slicegpt_rounds_down_and_budgets_parameters(diet_in_process, tmp_path):
     result = diet_in_process(*SLICEGPT_RUN, "sparsity=0.3", "prune.multiple_of=8", "eval.limit=1", run_dir="dims")
     assert result.sparsity["achieved"] == 1 - 40 / 64
     result = diet_in_process(*SLICEGPT_RUN, "sparsity=0.1", "prune.budget=params", "prune.multiple_of=8",
+                             "method.interleave=false",
                              "eval.limit=1", run_dir="params")
     params = result.params
     assert params["decoder_pruned"] <= 0.9 * params["decoder_dense"]
@@ -301,3 +302,40 @@ def test_what_does_not_go_together_is_one_line(compose_cfg, overrides, message):
     with pytest.raises(DietError) as err:
         config.plan(compose_cfg("model=tiny_llama", *overrides))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_interleaved_rotation_at_full_width_is_the_dense_model(family):
+    dense = tiny_model(family)
+    model = copy.deepcopy(dense)
+    rotation.rotate_interleaved(model, get_adapter(model), batches(), 64)
+    check = batches(seed=5)[0]
+    torch.testing.assert_close(padded_logits(model, check), padded_logits(dense, check), atol=1e-4, rtol=1e-4)
+
+
+def test_interleaved_bases_come_from_the_already_cut_signals():
+    """method.interleave (the reference's rotate_and_slice): layer 0's mid basis is the PCA of the stream between
+    its attention and MLP when its input is already cut to the first k directions of the embedding's basis."""
+    dense = tiny_model("llama")
+    adapter = get_adapter(dense)
+    calib, k = batches(rows=16, width=24, batch_size=8), 40   # more distinct tokens than dimensions: no degenerate
+    #                                                            eigenvalues (repeated tokens repeat embedding rows)
+    model = copy.deepcopy(dense)
+    rotation.rotate_interleaved(model, adapter, calib, k)
+    b0 = rotation.pca_basis(rotation.moments_of(dense, adapter, [calib], start_rotated=True)["in.0"])[1].float()
+    mids = []
+    hook = dense.model.layers[0].post_attention_layernorm.register_forward_pre_hook(lambda m, a: mids.append(a[0]))
+    for batch in calib:
+        with torch.inference_mode():
+            embeds = dense.model.embed_tokens(batch["input_ids"])
+            cut = embeds @ b0[:, :k] @ b0[:, :k].t()     # the first k directions, in the original basis
+            dense(inputs_embeds=cut, attention_mask=batch["attention_mask"])
+    hook.remove()
+    weights = [b["attention_mask"].reshape(-1) for b in calib]
+    expected = rotation.pca_basis(rotation._moment(mids, weights))[1][:, :k]
+    found = (b0.double() @ adapter.decoder_layers(model)[0].attn_shortcut.double())[:, :k]   # B_0 B_0^T B_mid
+    signs = torch.sign((found * expected).sum(dim=0))
+    torch.testing.assert_close(found * signs, expected, atol=1e-5, rtol=0)
+    non_interleaved = rotation.bases(rotation.moments_of(dense, adapter, [calib], start_rotated=True), 2,
+                                     start_rotated=True, pooled=False)[1][0][:, :k]
+    assert (non_interleaved.abs() - expected.abs()).abs().max() > 1e-2   # not the dense model's basis

@@ -81,20 +81,14 @@ class HiddenTarget(Target):
 
     def fraction_for_params(self, model, adapter, fraction: float, multiple_of: int, dense_decoder: int):
         """prune.budget=params on a rotated model: the fraction of directions whose slicing leaves at most
-        (1 - fraction) of the unrotated decoder's parameters (shortcut matrices and post maps counted); None on an
-        unrotated model (the linear cost of `param_cost` is exact there)."""
+        (1 - fraction) of the unrotated decoder's parameters (shortcut matrices and post maps counted; one
+        DietError line when no width does); None on an unrotated model (the linear cost of `param_cost` is exact
+        there)."""
         if not adapter.is_rotated(model):
             return None
-        d = model.config.rotated_residual["width"]
-        k = rotation.width_for_params(model, adapter, fraction, self.multiple_of(model, adapter, multiple_of),
-                                      dense_decoder)
-        if k is None:
-            smallest = rotation.decoder_params_at(model, adapter, self.multiple_of(model, adapter, multiple_of))
-            raise DietError(f"sparsity: {fraction} of the decoder's parameters with prune.budget=params cannot be "
-                            f"reached by slicing the rotated residual stream (its shortcut matrices and post maps "
-                            f"keep {smallest / dense_decoder:.3g} of them at the smallest width); allowed: a sparsity "
-                            f"below {1 - smallest / dense_decoder:.3g}, or prune.budget=dims")
-        return 1 - k / d
+        k = rotation.slicegpt_width(model, adapter, fraction, self.multiple_of(model, adapter, multiple_of), "params",
+                                    dense_decoder)
+        return 1 - k / model.config.rotated_residual["width"]
 
     @torch.no_grad()
     def weight_norms(self, model, adapter):

@@ -40,6 +40,7 @@ import math
 import torch
 from torch import nn
 
+from diet import DietError
 from diet.targets.base import keep_inputs, keep_norm, keep_outputs, set_parameter
 
 log = logging.getLogger("diet")
@@ -156,48 +157,159 @@ def _parameter(like: torch.Tensor, value64: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(value64.to(device=like.device, dtype=like.dtype), requires_grad=False)
 
 
+def _new_record(model, adapter, start_rotated: bool) -> dict:
+    return {"embedding": "rotated" if start_rotated else "original", "width": adapter.hidden_size(model),
+            "shortcuts": {"attention": [], "mlp": []}, "post_maps": {"attention": [], "mlp": []}}
+
+
+def _rotate_block_writer(adapter, layer, i, block: str, basis, record: dict) -> None:
+    """The block's writer into `basis`: o_proj / down_proj rotated, or (after a post norm) the post map."""
+    norms = adapter.residual_norms(layer)
+    post = (norms.post[0] if block == "attention" else norms.post[-1]) if norms.post else None
+    like = adapter.attention_projections(layer)[0].weight
+    if post is not None:   # keep the post norm in the original basis; its scale and the rotation after it
+        scale = _unit_norm(post, adapter.norm_offset)
+        setattr(layer, f"{'attn' if block == 'attention' else 'mlp'}_post_map",
+                _parameter(like, scale.to(basis.device)[:, None] * basis.double()))
+        record["post_maps"][block].append(i)
+    else:
+        _rotate_writer(adapter.output_projection(layer, block), basis)
+
+
+def _set_shortcut(layer, i, block: str, b_from, b_to, record: dict) -> None:
+    """The residual from basis `b_from` into `b_to` (None: the original basis), or nothing when they are one."""
+    if b_from is b_to:
+        return
+    if b_from is None:
+        value = b_to.double()
+    elif b_to is None:
+        value = b_from.double().t()
+    else:
+        value = _mm(b_from.t(), b_to)
+    like = layer.self_attn.o_proj.weight if hasattr(layer, "self_attn") else next(layer.parameters())
+    setattr(layer, f"{'attn' if block == 'attention' else 'mlp'}_shortcut", _parameter(like, value))
+    if i not in record["shortcuts"][block]:
+        record["shortcuts"][block].append(i)
+
+
 @torch.no_grad()
 def rotate(model, adapter, in_bases: list, mid_bases: list) -> None:
-    """Rotate in place: `in_bases[i]` is the basis of the stream entering layer i (i = L: entering the final norm;
-    None: the original basis, for layer 0 and L of a tied model), `mid_bases[i]` that between layer i's attention
-    and MLP. Records `config.rotated_residual`."""
+    """Rotate in place: `in_bases[i]` is the basis of the stream entering layer i (None: the original basis, for
+    layer 0 of a tied model and after the last layer), `mid_bases[i]` that between layer i's attention and MLP.
+    Records `config.rotated_residual`."""
     layers = adapter.decoder_layers(model)
-    n, offset = len(layers), adapter.norm_offset
-    start_rotated = in_bases[0] is not None
-    record = {"embedding": "rotated" if start_rotated else "original", "width": adapter.hidden_size(model),
-              "shortcuts": {"attention": [], "mlp": []}, "post_maps": {"attention": [], "mlp": []}}
+    offset = adapter.norm_offset
+    record = _new_record(model, adapter, in_bases[0] is not None)
     for i, layer in enumerate(layers):
         adapter.make_rotated(layer)
         b_in, b_mid, b_out = in_bases[i], mid_bases[i], in_bases[i + 1]
         norms = adapter.residual_norms(layer)
-        q, k, v, o = adapter.attention_projections(layer)
-        gate, up, down = adapter.mlp_projections(layer)
-        like = q.weight
+        q, k, v, _ = adapter.attention_projections(layer)
+        gate, up, _ = adapter.mlp_projections(layer)
         if b_in is not None:
             _rotate_readers([q, k, v], norms.pre[0], b_in, offset)
         _rotate_readers([gate, up], norms.pre[-1], b_mid, offset)
-        # writers
-        for block, writer, post, basis in (("attention", o, norms.post[0] if norms.post else None, b_mid),
-                                           ("mlp", down, norms.post[-1] if norms.post else None, b_out)):
-            if basis is None:
-                continue
-            if post is not None:   # keep the post norm in the original basis; its scale and the rotation after it
-                scale = _unit_norm(post, offset)
-                setattr(layer, f"{'attn' if block == 'attention' else 'mlp'}_post_map",
-                        _parameter(like, scale.to(basis.device)[:, None] * basis.double()))
-                record["post_maps"][block].append(i)
-            else:
-                _rotate_writer(writer, basis)
-        # shortcuts: the residual from the basis entering the block into the basis the block writes in
-        if b_in is not b_mid:
-            layer.attn_shortcut = _parameter(like, b_mid.double() if b_in is None else _mm(b_in.t(), b_mid))
-            record["shortcuts"]["attention"].append(i)
-        if b_mid is not b_out:
-            layer.mlp_shortcut = _parameter(like, b_mid.double().t() if b_out is None else _mm(b_mid.t(), b_out))
-            record["shortcuts"]["mlp"].append(i)
-    if start_rotated:
+        _rotate_block_writer(adapter, layer, i, "attention", b_mid, record)
+        if b_out is not None:
+            _rotate_block_writer(adapter, layer, i, "mlp", b_out, record)
+        _set_shortcut(layer, i, "attention", b_in, b_mid, record)
+        _set_shortcut(layer, i, "mlp", b_mid, b_out, record)
+    if in_bases[0] is not None:
         embedding = adapter.embedding(model)
         _set(embedding, "weight", _mm(embedding.weight.detach(), in_bases[0]))
+    model.config.rotated_residual = record
+
+
+def _moment(xs: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
+    H = None
+    for x, w in zip(xs, weights):
+        flat = x.reshape(-1, x.shape[-1]).double()
+        part = (flat * w.to(flat.device, torch.float64)[:, None]).t() @ flat
+        H = part if H is None else H + part
+    return H
+
+
+def _zero_removed(adapter, layer, block: str, k: int) -> None:
+    """Zero what the block writes into the directions >= k of its (rotated) output stream: the writer's rows or
+    the post map's columns, and the shortcut's columns (what slicing to the first k directions discards)."""
+    prefix = "attn" if block == "attention" else "mlp"
+    post_map = getattr(layer, f"{prefix}_post_map")
+    if post_map is not None:
+        post_map[:, k:] = 0
+    else:
+        writer = adapter.output_projection(layer, block)
+        writer.weight[k:] = 0
+        if writer.bias is not None:
+            writer.bias[k:] = 0
+    shortcut = getattr(layer, f"{prefix}_shortcut")
+    if shortcut is not None:
+        shortcut[:, k:] = 0
+
+
+@torch.no_grad()
+def rotate_interleaved(model, adapter, batches: list, k: int) -> None:
+    """SliceGPT as the reference's `rotate_and_slice`: layer by layer, each basis from the PCA of the signals of
+    the model whose earlier streams are already cut to their first k directions (represented at full width with
+    the removed directions zeroed, which slicing to the first k then computes exactly). Not dense-equivalent unless
+    k = d; the vote must keep the first k directions (method=slicegpt does)."""
+    from diet import profile
+
+    layers = adapter.decoder_layers(model)
+    n, offset = len(layers), adapter.norm_offset
+    start_rotated = not adapter.word_embeddings_tied(model)
+    record = _new_record(model, adapter, start_rotated)
+    calls = profile._layer_calls(model, adapter, batches)
+    weights = [b["attention_mask"].reshape(-1) for b in batches]
+    hidden = [call[0] for call in calls[0]]
+    mask = torch.zeros(record["width"], dtype=torch.bool)
+    mask[:k] = True
+
+    def run(layer, i, capture=None):
+        outputs, captured = [], []
+        handle = None
+        if capture is not None:
+            handle = capture.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            for b, (_, args, kwargs) in enumerate(calls[i]):
+                out = layer(hidden[b], *args, **kwargs)
+                outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return outputs, captured
+
+    b_in = None
+    if start_rotated:
+        b_in = pca_basis(_moment(hidden, weights))[1]
+        embedding = adapter.embedding(model)
+        _set(embedding, "weight", _mm(embedding.weight.detach(), b_in))
+        embedding.weight[:, k:] = 0
+        hidden = [(x.double() @ b_in.to(x.device) * mask.to(x.device)).to(x.dtype) for x in hidden]
+    for i, layer in enumerate(layers):
+        adapter.make_rotated(layer)
+        norms = adapter.residual_norms(layer)
+        q, kp, v, _ = adapter.attention_projections(layer)
+        gate, up, _ = adapter.mlp_projections(layer)
+        if b_in is not None:
+            _rotate_readers([q, kp, v], norms.pre[0], b_in, offset)
+        _set_shortcut(layer, i, "attention", b_in, None, record)     # for now: back into the original basis
+        _, mids = run(layer, i, capture=norms.pre[-1])
+        b_mid = pca_basis(_moment(mids, weights))[1]
+        _set_shortcut(layer, i, "attention", b_in, b_mid, record)
+        _rotate_block_writer(adapter, layer, i, "attention", b_mid, record)
+        _zero_removed(adapter, layer, "attention", k)
+        _rotate_readers([gate, up], norms.pre[-1], b_mid, offset)
+        _set_shortcut(layer, i, "mlp", b_mid, None, record)           # the last layer's stays so
+        if i == n - 1:
+            break
+        outputs, _ = run(layer, i)
+        b_out = pca_basis(_moment(outputs, weights))[1]
+        _set_shortcut(layer, i, "mlp", b_mid, b_out, record)
+        _rotate_block_writer(adapter, layer, i, "mlp", b_out, record)
+        _zero_removed(adapter, layer, "mlp", k)
+        hidden = [(x.double() @ b_out.to(x.device) * mask.to(x.device)).to(x.dtype) for x in outputs]
+        b_in = b_out
+    record["interleaved"] = k
     model.config.rotated_residual = record
 
 
@@ -227,12 +339,22 @@ def rotate_on(model, adapter, batch_sets, *, pooled: bool) -> None:
 
 def apply(model, adapter, tokenizer, calib_sets: dict, settings: dict, *, pooled: bool) -> dict:
     """Fuse, compute the bases from the calibration sets (every set's samples pooled), rotate (see the module
-    docstring)."""
-    from diet import profile
+    docstring). SliceGPT with `method.interleave` (its default, the reference's `rotate_and_slice`) rotates layer by
+    layer on the signals of the already-cut layers, for the width the run's sparsity gives (`slicegpt_width`)."""
+    from diet import prune, profile
 
-    rotate_on(model, adapter, [profile.calibration_batches(tokenizer, calib_sets[name], settings["calib"],
-                                                           settings["seed"]) for name in sorted(calib_sets)],
-              pooled=pooled)
+    batch_sets = [profile.calibration_batches(tokenizer, calib_sets[name], settings["calib"], settings["seed"])
+                  for name in sorted(calib_sets)]
+    interleave = not pooled and settings.get("options", {}).get("interleave", False)
+    if interleave:
+        k = slicegpt_width(model, adapter, settings["sparsity"], settings["multiple_of"], settings["budget"],
+                           prune.decoder_params(model, adapter), planned_record(model, adapter))
+        rotate_interleaved(model, adapter, [b for batches in batch_sets for b in batches], k)
+        depends = depends_on(calib_sets, settings, "slicegpt")
+        log.info("transform: residual stream rotated and cut to %d of %d directions layer by layer (SliceGPT's "
+                 "rotate_and_slice)", k, model.config.rotated_residual["width"])
+        return {**depends, "interleaved": k}
+    rotate_on(model, adapter, batch_sets, pooled=pooled)
     log.info("transform: residual stream rotated (%s basis, embedding %s)", "one pooled" if pooled else "per-point",
              model.config.rotated_residual["embedding"])
     return depends_on(calib_sets, settings, "pca" if pooled else "slicegpt")
@@ -330,11 +452,22 @@ def added_params(model, adapter) -> int:
                if (p := getattr(layer, name, None)) is not None)
 
 
-def decoder_params_at(model, adapter, k: int) -> int:
-    """The decoder layers' parameter count once a full-width rotated model keeps k directions (`slice_rotated`)."""
+def planned_record(model, adapter) -> dict:
+    """The structure per-point rotation gives an unrotated model (what `rotate` records), before rotating it."""
+    n = len(adapter.decoder_layers(model))
+    record = _new_record(model, adapter, not adapter.word_embeddings_tied(model))
+    record["shortcuts"] = {"attention": list(range(n)), "mlp": list(range(n))}
+    if adapter.residual_norms(adapter.decoder_layers(model)[0]).post:
+        record["post_maps"] = {"attention": list(range(n)), "mlp": list(range(n - 1))}
+    return record
+
+
+def decoder_params_at(model, adapter, k: int, record: dict | None = None) -> int:
+    """The decoder layers' parameter count once a full-width model rotated as `record` says (default: its own
+    `config.rotated_residual`) keeps k directions (`slice_rotated`)."""
     from diet.prune import count_params
 
-    record = model.config.rotated_residual
+    record = record or model.config.rotated_residual
     d, start_rotated = record["width"], record["embedding"] == "rotated"
     layers = adapter.decoder_layers(model)
     total = 0
@@ -343,28 +476,52 @@ def decoder_params_at(model, adapter, k: int) -> int:
         w_in, w_out = (k if in_rot else d), (k if out_rot else d)
         q, kp, v, o = adapter.attention_projections(layer)
         gate, up, down = adapter.mlp_projections(layer)
-        removed = 0
+        own = count_params(layer) - sum(p.numel() for name in adapter.ROTATED_PARAMETERS
+                                        if (p := getattr(layer, name, None)) is not None)
         if in_rot:
-            removed += sum(r.out_features * (d - k) for r in (q, kp, v)) + (d - k)
-        removed += sum(r.out_features * (d - k) for r in (gate, up)) + (d - k)
-        for post_map, writer, rotated in ((layer.attn_post_map, o, True), (layer.mlp_post_map, down, out_rot)):
-            if rotated:
-                removed += d * (d - k) if post_map is not None else (writer.in_features + (writer.bias is not None)
-                                                                      ) * (d - k)
-        if layer.attn_shortcut is not None:
-            removed += d * d - w_in * k
-        if layer.mlp_shortcut is not None:
-            removed += d * d - k * w_out
-        total += count_params(layer) - removed
+            own -= sum(r.out_features * (d - k) for r in (q, kp, v)) + (d - k)
+        own -= sum(r.out_features * (d - k) for r in (gate, up)) + (d - k)
+        added = 0
+        for block, writer, rotated in (("attention", o, True), ("mlp", down, out_rot)):
+            if not rotated:
+                continue
+            if i in record["post_maps"][block]:
+                added += d * k
+            else:
+                own -= (writer.in_features + (writer.bias is not None)) * (d - k)
+        added += w_in * k if i in record["shortcuts"]["attention"] else 0
+        added += k * w_out if i in record["shortcuts"]["mlp"] else 0
+        total += own + added
     return total
 
 
-def width_for_params(model, adapter, fraction: float, multiple_of: int, dense_decoder: int) -> int | None:
+def width_for_params(model, adapter, fraction: float, multiple_of: int, dense_decoder: int,
+                     record: dict | None = None) -> int | None:
     """The largest kept width (a multiple of `multiple_of`, or d) whose sliced decoder holds at most (1 - fraction)
     of `dense_decoder` (the unrotated model's decoder parameters); None when no width does."""
-    d = model.config.rotated_residual["width"]
+    d = (record or model.config.rotated_residual)["width"]
     allowed = [d] + list(range((d // multiple_of) * multiple_of, 0, -multiple_of))
     for k in allowed:
-        if decoder_params_at(model, adapter, k) <= (1 - fraction) * dense_decoder:
+        if decoder_params_at(model, adapter, k, record) <= (1 - fraction) * dense_decoder:
             return k
     return None
+
+
+def slicegpt_width(model, adapter, sparsity: float, multiple_of: int, budget: str, dense_decoder: int,
+                   record: dict | None = None) -> int:
+    """SliceGPT's kept width: round((1 - sparsity) x d) rounded down to `multiple_of` (at least one multiple);
+    with budget "params", the largest such width whose sliced decoder holds at most (1 - sparsity) of the
+    unrotated decoder's parameters (one DietError line when none does)."""
+    record = record or model.config.rotated_residual
+    d = record["width"]
+    if budget == "params":
+        k = width_for_params(model, adapter, sparsity, multiple_of, dense_decoder, record)
+        if k is None:
+            smallest = decoder_params_at(model, adapter, multiple_of, record)
+            raise DietError(f"sparsity: {sparsity} of the decoder's parameters with prune.budget=params cannot be "
+                            f"reached by slicing the rotated residual stream (its shortcut matrices and post maps "
+                            f"keep {smallest / dense_decoder:.3g} of them at the smallest width); allowed: a sparsity "
+                            f"below {1 - smallest / dense_decoder:.3g}, or prune.budget=dims")
+        return k
+    k = round((1 - sparsity) * d)
+    return d if k >= d else max(multiple_of, k // multiple_of * multiple_of)
