@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import sys
 import time
@@ -44,7 +45,10 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
     # the model as loaded: what results.json compares with, what eval.speed times (a transform may add parameters)
     dense_params = prune.count_params(loaded.model)
     dense_decoder = prune.decoder_params(loaded.model, loaded.adapter)
-    original = copy.deepcopy(loaded.model) if cfg.eval.speed and plan.transform.apply is not None else None
+    # a transform changes the weights in place: eval.dense and eval.speed need the model as loaded (a copy, its own
+    # fingerprint, so the dense-eval cache is the one every other method's run of this model shares)
+    as_loaded = (dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+                 if (cfg.eval.speed or cfg.eval.dense) and plan.transform.apply is not None else loaded)
     loaded = plan.transform(loaded, calib_sets, {
         "calib": plan.calib, "seed": plan.seed, "options": plan.method_options, "budget": plan.budget,
         "sparsity": plan.targets[0].sparsity, "multiple_of": plan.rules.multiple_of})
@@ -67,9 +71,11 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
     if cfg.eval.dense:
         recorder.status("running", stage="dense_eval")
         t = time.perf_counter()
-        dense_metrics = evaluate.dense_eval(loaded, eval_tasks, eval_kwargs, cache_dir, task_names=plan.eval_tasks,
-                                            held_out=held_out, local_dir=cfg.data.local_dir)
+        dense_metrics = evaluate.dense_eval(as_loaded, eval_tasks, eval_kwargs, cache_dir,
+                                            task_names=plan.eval_tasks, held_out=held_out, local_dir=cfg.data.local_dir)
         timings["dense_eval"] = time.perf_counter() - t
+    original = as_loaded.model if as_loaded is not loaded and cfg.eval.speed else None
+    del as_loaded
     if plan.stage == "profile":  # a sweep's first pass: the caches its jobs share are filled, nothing else runs
         recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
         log.info("stage=profile: the profile cache%s filled; nothing else runs",

@@ -230,11 +230,12 @@ SLICEGPT_RUN = ["model=tiny_llama", "method=slicegpt", "calib.text=pydoc", "cali
                 *QUIET]
 
 
-def test_method_slicegpt_runs_saves_and_evaluates_again_through_diet(diet_in_process, tmp_path):
+def test_method_slicegpt_runs_saves_and_evaluates_again_through_diet(diet_in_process, tmp_path, tiny_models):
     from diet import evaluate
     from diet.tasks import evaluation_tasks, load_tasks
 
-    result = diet_in_process(*SLICEGPT_RUN, "sparsity=0.25", "prune.save=true", "prune.multiple_of=8")
+    result = diet_in_process(*SLICEGPT_RUN, "sparsity=0.25", "prune.save=true", "prune.multiple_of=8",
+                             "eval.dense=true")
     assert result.method == "slicegpt" and result.target == "hidden"
     assert result.sparsity["achieved"] == 0.25   # round(0.75 x 64) = 48, a multiple of 8
     mask = load_file(tmp_path / "run" / "mask.safetensors")["hidden"]
@@ -246,6 +247,10 @@ def test_method_slicegpt_runs_saves_and_evaluates_again_through_diet(diet_in_pro
     again = evaluate.evaluate(model, tokenizer, evaluation_tasks(tasks), device="cpu", batch_size=8, limit=8,
                               bootstrap_iters=0)["metrics"]
     assert {t: m["acc"] for t, m in again.items()} == {t: m["acc"] for t, m in result.metrics.items()}
+    dense, dense_tokenizer = tiny_models["tiny_llama"]   # eval.dense evaluates the model as loaded, not as rotated
+    dense_again = evaluate.evaluate(dense, dense_tokenizer, evaluation_tasks(tasks), device="cpu", batch_size=8,
+                                    limit=8, bootstrap_iters=0)["metrics"]
+    assert {t: m["acc"] for t, m in dense_again.items()} == {t: m["acc"] for t, m in result.dense_metrics.items()}
 
 
 def adapter_width(model):
