@@ -25,6 +25,7 @@ Adding a method: one entry in METHODS plus conf/method/<name>.yaml; config.py re
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,6 +35,8 @@ from diet import DietError, flap, layer_methods, scoring
 from diet.options import Option
 from diet.targets import group_index
 from diet.vote import sorted_groups
+
+log = logging.getLogger("diet")
 
 
 def activation_scores(target, model, adapter, stats, chosen, seed):
@@ -100,6 +103,11 @@ def slicegpt_select(plan, loaded, stats):
         prune.decoder_params(model, adapter) - rotation.added_params(model, adapter))
     mask = torch.zeros(record["width"], dtype=torch.bool)
     mask[:k] = True
+    achieved = 1 - k / record["width"]
+    if plan.budget == "dims" and abs(achieved - target.sparsity) > 0.05:
+        log.warning("slicegpt: keeps %d of %d directions (%.4g removed, %.4g requested; kept widths are multiples of "
+                    "prune.multiple_of=%d, rounded down as the reference)", k, record["width"], achieved,
+                    target.sparsity, plan.rules.multiple_of)
     return {"hidden": mask}
 
 
