@@ -52,7 +52,7 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
     loaded = plan.transform(loaded, calib_sets, {
         "calib": plan.calib, "seed": plan.seed, "options": plan.method_options, "budget": plan.budget,
         "sparsity": plan.targets[0].sparsity, "multiple_of": plan.rules.multiple_of})
-    stages.resolve_budgets(plan, loaded, dense_decoder)  # prune.budget=params: parameter fractions -> dimension fractions
+    stages.resolve_budgets(plan, loaded, dense_decoder)  # prune.budget=params: parameter -> dimension fractions
     stages.check_budgets(plan, loaded)  # before any work: rounding that misses the budget, or prunes nothing
 
     recorder.status("running", stage="profile")

@@ -1,22 +1,27 @@
 """Rotations of the residual stream into principal bases of its calibration activations, and slicing them.
 
-Two transforms (registered in diet/transforms/__init__.py), both exact at full width (the rotated model computes
-the dense one, up to rounding), both leaving the slicing to `prune.target=hidden` (`slice_rotated`):
+Two transforms (registered in diet/transforms/__init__.py), both leaving the slicing to `prune.target=hidden`
+(`slice_rotated`):
 
-  slicegpt  SliceGPT (Ashkboos et al. 2024): one basis per residual point: each layer's input and the stream
-            between its attention and its MLP, from the PCA of that point's activations; shortcut matrices carry
-            the residual from one basis to the next (`residual @ B_in^T B_out`, k x k once sliced).
+  slicegpt  SliceGPT (Ashkboos et al. 2024): one basis per residual point (each layer's input and the stream between
+            its attention and its MLP) from the PCA of that point's activations; shortcut matrices carry the residual
+            from one basis to the next (`residual @ B_in^T B_out`, k x k once sliced). `method.interleave=true`
+            (default; the reference's `rotate_and_slice`, `rotate_interleaved`): layer by layer, each basis from the
+            signals of the model whose earlier streams are already cut to their first k directions (the cut is
+            represented at full width by zeroing what the removed directions receive, which slicing to the first
+            k then computes exactly). `false` (its `rotate` + `slice_rotated_model`, `rotate`): every basis from
+            the dense model in one pass, the rotated model exact at full width.
   pca       ours: one pooled basis for the whole stream (the PCA of every point's activations, each point's
             second-moment matrix divided by its trace so late layers with large activations do not decide alone);
-            no shortcut matrices between layers. `prune.rotate=pca` (method=diet, prune.target=hidden): each task
-            then ranks the principal directions by its own activations along them, and the vote picks.
+            no shortcut matrices between layers, exact at full width. `prune.rotate=pca` (method=diet,
+            prune.target=hidden): each task ranks the principal directions by its own activations along them.
 
 What is computed (each step in float64, cast back to the weights' dtype once):
   PCA       per point, H = sum over non-padding tokens of x x^T, H += 0.01 * mean(diag(H)) * I (the reference's
             damping), eigh, eigenvectors in descending eigenvalue order (the columns of the basis B).
   fusion    every pre-norm (RMSNorm: x / rms(x) * (offset + w)) in front of a rotated stream gets unit scale and its
-            scale goes into the columns of the projections it feeds; the final norm's goes into the LM head.
-  rotation  readers W <- W B; writers W <- B^T W (and bias); embedding E <- E B; head H <- H diag(s) B.
+            scale goes into the columns of the projections it feeds.
+  rotation  readers W <- W B; writers W <- B^T W (and bias); an untied embedding E <- E B.
   Gemma     o_proj and down_proj are followed by post norms, which normalise in the original basis: they stay
             unrotated, the post norm gets unit scale and a map diag(s) B (d x d, d x k once sliced) follows it:
             exact, at the cost of the map and of o_proj/down_proj keeping all d output rows (docs/literature.md).
@@ -27,8 +32,9 @@ What is computed (each step in float64, cast back to the weights' dtype once):
             is tied to its embedding keeps the embedding too, and layer 0 reads the unrotated stream (its attention
             shortcut is B_mid, d x k), so nothing of the vocabulary matrix is copied or untied.
 
-`config.rotated_residual` records the structure ({"embedding", "width", "kept", "shortcuts", "post_maps"}) so `load_pruned`
-rebuilds it (`restore_rotated`); the layers' extra matrices are ordinary parameters in model.safetensors.
+`config.rotated_residual` records the structure ({"embedding", "width", "kept", "shortcuts", "post_maps", and
+"interleaved": k for the interleaved SliceGPT}) so `load_pruned` rebuilds it (`restore_rotated`); the layers'
+extra matrices are ordinary parameters in model.safetensors.
 """
 from __future__ import annotations
 
