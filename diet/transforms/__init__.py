@@ -14,7 +14,8 @@ batches: `profile.calibration_batches`).
 Registered:
   slicegpt  SliceGPT's rotation: per-point principal bases, shortcut matrices between them (method=slicegpt)
   pca       ours: one pooled principal basis for the whole residual stream (prune.rotate=pca)
-Both are exact at full width; `prune.target=hidden` then slices the rotated streams (rotation.py has the details).
+`pca` (and `slicegpt` with method.interleave=false) is exact at full width; the interleaved `slicegpt` also zeroes
+what the cut streams lose. `prune.target=hidden` then slices the rotated streams (rotation.py has the details).
 """
 from __future__ import annotations
 
