@@ -344,3 +344,23 @@ def test_interleaved_bases_come_from_the_already_cut_signals():
     non_interleaved = rotation.bases(rotation.moments_of(dense, adapter, [calib], start_rotated=True), 2,
                                      start_rotated=True, pooled=False)[1][0][:, :k]
     assert (non_interleaved.abs() - expected.abs()).abs().max() > 1e-2   # not the dense model's basis
+
+
+def test_flops_count_what_a_rotated_layer_multiplies():
+    """eval.speed's FLOP ratio: a sliced Gemma layer's shortcut matrices, post maps and full-width writers count."""
+    from diet import speed
+
+    model = tiny_model("gemma3_text")
+    adapter = get_adapter(model)
+    rotation.rotate_on(model, adapter, [batches()], pooled=False)
+    keep = torch.zeros(64, dtype=torch.bool)
+    keep[:48] = True
+    prune_model(model, adapter, {"hidden": keep}, "hidden")
+    shape = speed.decoder_shape(model, adapter)
+    macs = 0
+    for layer, ly in zip(adapter.decoder_layers(model), shape.layers):
+        linears = (*adapter.attention_projections(layer), *adapter.mlp_projections(layer))
+        macs += sum(lin.in_features * lin.out_features for lin in linears)
+        macs += sum(p.numel() for name in adapter.ROTATED_PARAMETERS if (p := getattr(layer, name)) is not None)
+    attention = sum(2 * 2 * ly.head_dim * ly.q_heads for ly in shape.layers)   # one token attends to itself
+    assert speed.forward_flops(shape, 1, 1, with_head=False) - attention == 2 * macs

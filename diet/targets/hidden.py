@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from diet import DietError, vote
+from diet import vote
 from diet.targets.base import (Target, column_sq_norms, group_index, keep_inputs, keep_norm, keep_outputs,
                                norm_scale, scaled, set_parameter)
 from diet.transforms import rotation

@@ -34,7 +34,6 @@ from diet.transforms import rotation
 class Transform:
     name: str
     apply: Callable | None = None    # (model, adapter, tokenizer, calib_sets, settings) -> what the result depends on
-    needs_calibration: bool = False  # the method's calibration sets are its input (a method without data cannot)
 
     def __call__(self, loaded, calib_sets: dict, settings: dict | None = None):
         """The loaded model, transformed in place, with its new fingerprint (the same object for `none`).
@@ -48,8 +47,8 @@ class Transform:
 
 TRANSFORMS: dict[str, Transform] = {t.name: t for t in (
     Transform("none"),
-    Transform("slicegpt", partial(rotation.apply, pooled=False), needs_calibration=True),
-    Transform("pca", partial(rotation.apply, pooled=True), needs_calibration=True),
+    Transform("slicegpt", partial(rotation.apply, pooled=False)),
+    Transform("pca", partial(rotation.apply, pooled=True)),
 )}
 
 
