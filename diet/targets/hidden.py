@@ -31,12 +31,6 @@ from diet.targets.base import (Target, column_sq_norms, group_index, keep_inputs
 from diet.transforms import rotation
 
 
-def prune_params(model, adapter) -> int:
-    from diet.prune import decoder_params
-
-    return decoder_params(model, adapter)
-
-
 class HiddenTarget(Target):
     name = "hidden"
 
@@ -68,9 +62,10 @@ class HiddenTarget(Target):
     def param_cost(self, model, adapter):
         """A residual dimension, in every layer: a column of each reader, a row (and bias) of each writer, a norm
         weight of each norm (the embedding, LM head and final norm are outside the decoder layers)."""
-        if adapter.is_rotated(model):  # the average over the kept widths is not linear there: see fraction_for_params
-            d = adapter.hidden_size(model)
-            return {"hidden": (prune_params(model, adapter) - rotation.decoder_params_at(model, adapter, 0)) // d}
+        if adapter.is_rotated(model):  # the average over the full width (shortcuts are k x k: not linear in k; the
+            d = model.config.rotated_residual["width"]  # budget solves for the width instead: fraction_for_params)
+            return {"hidden": (rotation.decoder_params_at(model, adapter, d)
+                               - rotation.decoder_params_at(model, adapter, 0)) // d}
         total = 0
         for layer in adapter.decoder_layers(model):
             total += sum(r.out_features for r in adapter.residual_readers(layer))
