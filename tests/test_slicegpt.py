@@ -209,12 +209,13 @@ def test_slicegpt_at_25_percent_beats_the_unrotated_hidden_mask(tiny_models):
     assert rotated < unrotated
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
-def test_the_sliced_checkpoint_round_trips_through_load_pruned(family, tmp_path):
-    """Untied Llama (rotated embedding, k x k shortcuts) and tied Gemma-3 (original embedding, post maps)."""
+@pytest.mark.parametrize("family, pooled", [("llama", False), ("gemma3_text", False), ("gemma2", True)])
+def test_the_sliced_checkpoint_round_trips_through_load_pruned(family, pooled, tmp_path):
+    """Untied Llama (rotated embedding, k x k shortcuts), tied Gemma-3 (original embedding, post maps), Gemma-2 in
+    one pooled basis (shortcuts only into and out of the original basis)."""
     model = tiny_model(family)
     adapter = get_adapter(model)
-    rotation.rotate_on(model, adapter, [batches()], pooled=False)
+    rotation.rotate_on(model, adapter, [batches()], pooled=pooled)
     keep = torch.zeros(64, dtype=torch.bool)
     keep[:48] = True
     prune_model(model, adapter, {"hidden": keep}, "hidden")
