@@ -272,7 +272,7 @@ def test_slicegpt_rounds_down_and_budgets_parameters(diet_in_process, tmp_path):
     assert kept % 8 == 0 and kept < 64
 
 
-VOTED = ["model=tiny_llama", "prune.target=hidden", "sparsity=0.25", *QUIET]
+VOTED = ["model=tiny_llama", "prune.target=hidden", "sparsity=0.25", *QUIET, "eval.limit=2"]
 
 
 def test_task_voted_slicing_in_the_pooled_rotated_basis(diet_in_process, tmp_path):
