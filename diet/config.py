@@ -64,6 +64,7 @@ def _require(ok: bool, key: str, value, allowed: str) -> None:
 
 
 STAGES = ("all", "profile")
+ROTATIONS = ("none", "pca")   # prune.rotate: the transform a method without its own gets (diet/transforms/)
 BUDGETS = ("dims", "params")
 
 # The run's own keys (those of registered pieces are checked by the piece: diet/options.py): key, check, allowed.
@@ -86,6 +87,8 @@ SETTINGS = (
     ("prune.min_keep", lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1] of each layer's width"),
     ("prune.multiple_of", _int_at_least(1), "an integer >= 1"),
     ("prune.compensation", lambda v: v in COMPENSATIONS, ", ".join(COMPENSATIONS)),
+    ("prune.rotate", lambda v: v in ROTATIONS, f"{', '.join(ROTATIONS)} (pca: one pooled principal basis of the "
+     "residual stream, prune.target=hidden)"),
     ("eval.batch_size", lambda v: v == "auto" or _int_at_least(1)(v), "an integer >= 1 or auto"),
     ("eval.limit", lambda v: v is None or _int_at_least(1)(v), "null (all documents) or an integer >= 1"),
     ("eval.num_fewshot", _int_at_least(0), "an integer >= 0"),
@@ -226,7 +229,7 @@ def plan(cfg: DictConfig) -> Plan:
                          exact_budget=cfg.vote.exact_budget),
         statistics=stats.resolve((chosen_scoring.stats if method.uses_scoring else ()) + method.stats
                                  + COMPENSATIONS.get(compensation, ())),
-        transform=transforms.get(method.transform), compensation=compensation,
+        transform=_transform(cfg, method, chosen_targets), compensation=compensation,
         profile_tasks=profile_tasks,
         eval_tasks=list(cfg.eval.tasks) if cfg.eval.tasks is not None else profile_tasks,
         calib=OmegaConf.to_container(cfg.calib, resolve=True), seed=cfg.seed, stage=cfg.stage,
@@ -235,6 +238,31 @@ def plan(cfg: DictConfig) -> Plan:
         method.check(built)
     _check_combination(cfg, built)
     return built
+
+
+def _transform(cfg: DictConfig, method, chosen_targets) -> transforms.Transform:
+    """The method's own transform, or the one prune.rotate names (one DietError line where they do not go)."""
+    rotate = cfg.prune.get("rotate", "none")
+    if rotate == "none":
+        chosen = transforms.get(method.transform)
+        if chosen.apply is not None and (cfg.model.get("offload") or cfg.model.get("device_map")):
+            raise DietError(f"model.offload: method={method.name} is not allowed with model.offload or model."
+                            f"device_map (its {chosen.name} transform runs on the whole model in one place); allowed: "
+                            "model.offload=false model.device_map=null")
+        return chosen
+    why = None
+    if method.transform != "none":
+        why = f"method={method.name} (it applies its own transform, {method.transform})"
+    elif [t.name for t in chosen_targets] != ["hidden"]:
+        why = (f"prune.target={'+'.join(t.name for t in chosen_targets)} (the rotation is of the residual stream: "
+               "prune.target=hidden)")
+    elif method.calibration == "none":
+        why = f"method={method.name} (it reads no calibration data to compute the rotation from)"
+    elif cfg.model.get("offload") or cfg.model.get("device_map"):
+        why = "model.offload / model.device_map (the rotation runs on the whole model in one place)"
+    if why:
+        raise DietError(f"prune.rotate: {rotate!r} is not allowed with {why}; allowed: none")
+    return transforms.get(rotate)
 
 
 def _check_combination(cfg: DictConfig, plan: Plan) -> None:

@@ -25,6 +25,7 @@ Adding a method: one entry in METHODS plus conf/method/<name>.yaml; config.py re
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,6 +35,8 @@ from diet import DietError, flap, layer_methods, scoring
 from diet.options import Option
 from diet.targets import group_index
 from diet.vote import sorted_groups
+
+log = logging.getLogger("diet")
 
 
 def activation_scores(target, model, adapter, stats, chosen, seed):
@@ -79,6 +82,33 @@ def draw_scores(widths: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
 
 def random_scores(target, model, adapter, stats, chosen, seed):
     return {"random": draw_scores(target.widths(model, adapter), seed)}
+
+
+def slicegpt_select(plan, loaded, stats):
+    """SliceGPT keeps the first k principal directions of every rotated point (the transform sorted each basis by
+    descending eigenvalue): k = round((1 - sparsity) x d), rounded down to prune.multiple_of; with
+    prune.budget=params, the largest such k whose sliced decoder (shortcut matrices counted) holds at most
+    (1 - sparsity) of the unrotated decoder's parameters (rotation.slicegpt_width). The interleaved transform
+    chose k already (it cut the streams while rotating) and recorded it."""
+    from diet import prune
+    from diet.transforms import rotation
+
+    model, adapter = loaded.model, loaded.adapter
+    (target,) = plan.targets
+    record = model.config.rotated_residual
+    if plan.budget == "params":
+        target.param_sparsity = target.sparsity
+    k = record.get("interleaved") or rotation.slicegpt_width(
+        model, adapter, target.sparsity, plan.rules.multiple_of, plan.budget,
+        prune.decoder_params(model, adapter) - rotation.added_params(model, adapter))
+    mask = torch.zeros(record["width"], dtype=torch.bool)
+    mask[:k] = True
+    achieved = 1 - k / record["width"]
+    if plan.budget == "dims" and abs(achieved - target.sparsity) > 0.05:
+        log.warning("slicegpt: keeps %d of %d directions (%.4g removed, %.4g requested; kept widths are multiples of "
+                    "prune.multiple_of=%d, rounded down as the reference)", k, record["width"], achieved,
+                    target.sparsity, plan.rules.multiple_of)
+    return {"hidden": mask}
 
 
 @dataclass(frozen=True)
@@ -138,6 +168,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     # Wanda-sp (FLAP's repository, prune_wanda_sp): its metric, the same fraction in every layer, sequential
     Method("wanda_sp", "pooled", wanda_sp_scores, uses_scoring=False, stats=scoring.SCORINGS["wanda_sp"].stats,
            check=_wanda_sp_check, targets=("mlp", "heads")),
+    # SliceGPT: per-point PCA rotations with shortcut matrices (diet/transforms/rotation.py), first k directions kept
+    Method("slicegpt", "pooled", random_scores, uses_scoring=False, transform="slicegpt", targets=("hidden",),
+           select=slicegpt_select, sequential=False, uses_scores_for_plots=False, options={
+               "interleave": Option(True, lambda v: isinstance(v, bool),
+                                    "true (each layer's bases from the signals of the already-cut layers before it, "
+                                    "the reference's rotate_and_slice) or false (every basis from the dense model, "
+                                    "its rotate + slice_rotated_model)")}),
     # FLAP: its metric and structures (diet/flap.py), one pass on the dense model, bias compensation
     Method("flap", "pooled", activation_scores, uses_scoring=False, stats=flap.STATISTICS, sequential=False,
            targets=("mlp", "heads"), select=flap.select, compensation=_flap_compensation, check=flap.check, options={

@@ -340,7 +340,7 @@ def save_pruned(model: nn.Module, tokenizer, path: str | Path) -> Path:
 
 _WIDTH_AWARE_CLASSES: dict[type, type] = {}
 # config keys that mark what plain from_pretrained cannot build: per-layer widths, biases no config flag gives
-_PER_LAYER_KEYS = ("intermediate_sizes", "attention_heads", "added_biases")
+_PER_LAYER_KEYS = ("intermediate_sizes", "attention_heads", "added_biases", "rotated_residual")
 
 
 def _width_aware_class(base: type) -> type:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import sys
 import time
@@ -41,8 +42,17 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
     task_objects = stages.tasks(plan, data_dir=cache_dir / "data", local_dir=local_dir)
     calib_sets = stages.calibrate(plan, task_objects)
     loaded = models.load(cfg.model, device=device, cache_dir=str(cache_dir), seed=cfg.seed)
-    loaded = plan.transform(loaded, calib_sets)
-    stages.resolve_budgets(plan, loaded)  # prune.budget=params: parameter fractions -> dimension fractions
+    # the model as loaded: what results.json compares with, what eval.speed times (a transform may add parameters)
+    dense_params = prune.count_params(loaded.model)
+    dense_decoder = prune.decoder_params(loaded.model, loaded.adapter)
+    # a transform changes the weights in place: eval.dense and eval.speed need the model as loaded (a copy, its own
+    # fingerprint, so the dense-eval cache is the one every other method's run of this model shares)
+    as_loaded = (dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+                 if (cfg.eval.speed or cfg.eval.dense) and plan.transform.apply is not None else loaded)
+    loaded = plan.transform(loaded, calib_sets, {
+        "calib": plan.calib, "seed": plan.seed, "options": plan.method_options, "budget": plan.budget,
+        "sparsity": plan.targets[0].sparsity, "multiple_of": plan.rules.multiple_of})
+    stages.resolve_budgets(plan, loaded, dense_decoder)  # prune.budget=params: parameter -> dimension fractions
     stages.check_budgets(plan, loaded)  # before any work: rounding that misses the budget, or prunes nothing
 
     recorder.status("running", stage="profile")
@@ -61,9 +71,11 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
     if cfg.eval.dense:
         recorder.status("running", stage="dense_eval")
         t = time.perf_counter()
-        dense_metrics = evaluate.dense_eval(loaded, eval_tasks, eval_kwargs, cache_dir, task_names=plan.eval_tasks,
-                                            held_out=held_out, local_dir=cfg.data.local_dir)
+        dense_metrics = evaluate.dense_eval(as_loaded, eval_tasks, eval_kwargs, cache_dir,
+                                            task_names=plan.eval_tasks, held_out=held_out, local_dir=cfg.data.local_dir)
         timings["dense_eval"] = time.perf_counter() - t
+    original = as_loaded.model if as_loaded is not loaded and cfg.eval.speed else None
+    del as_loaded
     if plan.stage == "profile":  # a sweep's first pass: the caches its jobs share are filled, nothing else runs
         recorder.status("done", stage="profile", profile_cache=cache_status, seconds=timings["profile"])
         log.info("stage=profile: the profile cache%s filled; nothing else runs",
@@ -80,15 +92,14 @@ def _run(cfg: DictConfig, recorder: record.Recorder, name: str | None, group: st
         "target": plan.target_label, "scope": cfg.prune.scope, "sparsity": str(cfg.sparsity),
         "method": plan.method.name})
 
-    dense_params = prune.count_params(loaded.model)
-    dense_decoder = prune.decoder_params(loaded.model, loaded.adapter)
     measured = None
     if plan.method.per_task_eval:
         metrics, pruned_params = stages.per_task_eval(plan, loaded, voted.per_task, stats, task_objects,
                                                       eval_kwargs, timings)
     else:
         metrics, pruned_params, measured = prune_and_evaluate(cfg, plan, loaded, voted.masks, stats, eval_tasks,
-                                                              eval_kwargs, recorder, timings, device)
+                                                              eval_kwargs, recorder, timings, device, original,
+                                                              dense_params)
     timings["total"] = time.perf_counter() - started
     params = {"dense": dense_params, "pruned": pruned_params, "decoder_dense": dense_decoder}
     if not plan.method.per_task_eval:  # one pruned model (per_task evaluates one per task: its largest is above)
@@ -128,11 +139,13 @@ def save_model(loaded, path: Path) -> str | None:
     return None
 
 
-def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings, device):
-    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed):
-    (metrics, pruned parameter count, speed or None)."""
-    dense_params = prune.count_params(loaded.model)
-    dense = copy.deepcopy(loaded.model) if cfg.eval.speed else None
+def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings, device,
+                       original=None, dense_params=None):
+    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed; `original`
+    and `dense_params`: the model as loaded and its parameter count, when a transform changed it): (metrics, pruned
+    parameter count, speed or None)."""
+    dense_params = dense_params or prune.count_params(loaded.model)
+    dense = (original if original is not None else copy.deepcopy(loaded.model)) if cfg.eval.speed else None
     recorder.status("running", stage="prune")
     t = time.perf_counter()
     pruned_params = stages.prune(plan, loaded, masks, stats)

@@ -9,6 +9,7 @@ timer synchronises the device around each call.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class LayerShape:
     head_dim: int
     mlp: int              # FFN width
     window: int | None    # sliding-window length, None = full attention
+    extra: int = 0        # multiply-adds per token the formula above misses: a rotated layer's shortcut matrices and
+                          # post maps, and projections whose width differs from `hidden` there (diet/transforms)
 
 
 @dataclass(frozen=True)
@@ -67,10 +70,17 @@ def decoder_shape(model, adapter) -> DecoderShape:
     for layer in adapter.decoder_layers(model):
         q, k, _, _ = adapter.attention_projections(layer)
         head_dim = adapter.layer_head_dim(layer)
-        layers.append(LayerShape(hidden=q.in_features, q_heads=q.out_features // head_dim,
-                                 kv_heads=k.out_features // head_dim, head_dim=head_dim,
-                                 mlp=adapter.mlp_projections(layer)[2].in_features,
-                                 window=adapter.sliding_window(layer)))
+        shape = LayerShape(hidden=q.in_features, q_heads=q.out_features // head_dim,
+                           kv_heads=k.out_features // head_dim, head_dim=head_dim,
+                           mlp=adapter.mlp_projections(layer)[2].in_features, window=adapter.sliding_window(layer))
+        if getattr(layer, "diet_rotated", False):
+            linears = (*adapter.attention_projections(layer), *adapter.mlp_projections(layer))
+            actual = sum(lin.in_features * lin.out_features for lin in linears) + sum(
+                p.numel() for name in adapter.ROTATED_PARAMETERS if (p := getattr(layer, name)) is not None)
+            q_width, kv_width = shape.q_heads * head_dim, shape.kv_heads * head_dim
+            formula = shape.hidden * (q_width + 2 * kv_width) + q_width * shape.hidden + 3 * shape.hidden * shape.mlp
+            shape = dataclasses.replace(shape, extra=actual - formula)
+        layers.append(shape)
     head = adapter.lm_head(model)
     return DecoderShape(tuple(layers), vocab=head.out_features, head_in=head.in_features)
 
@@ -96,7 +106,7 @@ def forward_flops(shape: DecoderShape, batch: int, seq: int, *, attention: str =
     total = 0
     for ly in shape.layers:
         q, kv = ly.q_heads * ly.head_dim, ly.kv_heads * ly.head_dim
-        per_token = 2 * ly.hidden * (q + 2 * kv) + 2 * q * ly.hidden + 3 * 2 * ly.hidden * ly.mlp
+        per_token = 2 * ly.hidden * (q + 2 * kv) + 2 * q * ly.hidden + 3 * 2 * ly.hidden * ly.mlp + 2 * ly.extra
         pairs = _keys_attended(seq, ly.window, attention, context)
         total += batch * (seq * per_token + pairs * 2 * 2 * ly.head_dim * ly.q_heads)
     if with_head:

@@ -119,23 +119,33 @@ def vote(plan, loaded, stats: dict, calib_sets: dict | None = None) -> Votes:
     return out
 
 
-def resolve_budgets(plan, loaded) -> None:
+def resolve_budgets(plan, loaded, dense_decoder: int | None = None) -> None:
     """prune.budget=params: each target's sparsity, a fraction of the decoder layers' parameters, becomes the
     fraction of its own dimensions whose parameter cost removes that many (`Target.param_cost`). The targets that
     take `sparsity` (no prune.sparsity_per_target of their own) share it: one fraction of each one's dimensions,
     together removing `sparsity` of the decoder (Wanda-sp's same ratio for heads and neurons); a target with its
     own value removes that fraction of the decoder by itself. Each keeps what was asked of its group as
-    `target.param_sparsity` (record.requested_param_sparsity counts a shared value once)."""
+    `target.param_sparsity` (record.requested_param_sparsity counts a shared value once). `dense_decoder`: the
+    decoder's parameters before any transform (a rotation adds shortcut matrices; the budget is a fraction of the
+    model as loaded)."""
     if plan.budget != "params" or plan.method.select is not None:  # FLAP's sparsity is a parameter fraction already
         return
     model, adapter = loaded.model, loaded.adapter
     decoder = prune_lib.decoder_params(model, adapter)
-    holds = {}
+    holds, costed = {}, []
     for target in plan.targets:
+        solve = getattr(target, "fraction_for_params", None)
+        fraction = solve and solve(model, adapter, target.sparsity, plan.rules.multiple_of, dense_decoder or decoder)
+        if fraction is not None:  # a target whose cost per dimension is not constant solves for its width itself
+            target.param_sparsity, target.sparsity = target.sparsity, fraction
+            log.info("prune.budget=params: %s removes %.4g of its dimensions for %.4g of the decoder's parameters",
+                     target.name, fraction, target.param_sparsity)
+            continue
         cost, widths = target.param_cost(model, adapter), target.widths(model, adapter)
         holds[target.name] = sum(cost[g] * widths[g] for g in widths)
-    shared = [t for t in plan.targets if getattr(t, "shares_sparsity", True)]
-    groups = [[t] for t in plan.targets if t not in shared] + ([shared] if shared else [])
+        costed.append(target)
+    shared = [t for t in costed if getattr(t, "shares_sparsity", True)]
+    groups = [[t] for t in costed if t not in shared] + ([shared] if shared else [])
     for group in groups:
         requested, held = group[0].sparsity, sum(holds[t.name] for t in group)
         fraction = requested * decoder / held

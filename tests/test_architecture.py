@@ -164,7 +164,7 @@ def test_a_transform_changes_the_fingerprint_so_caches_never_mix_bases(tiny_mode
                                       held_out_of_eval=False)}
     seen = []
 
-    def double_down_proj(m, adapter, _tokenizer, sets):
+    def double_down_proj(m, adapter, _tokenizer, sets, _settings):
         seen.append(sorted(sets))
         with torch.no_grad():
             for layer in adapter.decoder_layers(m):

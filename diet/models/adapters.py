@@ -8,6 +8,7 @@ attention type; the pruning code asks the adapter and never looks at module name
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -161,6 +162,45 @@ class Adapter:
     def refresh_embedding_scale(self, model: nn.Module) -> None:
         """Make the embedding's scale agree with `model.config.hidden_size` after that changed (no-op by default)."""
 
+    # ------------------------------------------------------------------ rotated residual stream (SliceGPT)
+    # A rotated decoder layer (diet/transforms/rotation.py) is the family's own layer whose class is swapped for a
+    # same-named subclass with `rotated_forward`; it owns up to four extra matrices, each None where it is the
+    # identity or absent: attn_shortcut / mlp_shortcut (the residual from the basis entering the block to the
+    # basis the block writes in, applied as `residual @ S`) and, for families whose writers are followed by a norm
+    # (Gemma's post norms), attn_post_map / mlp_post_map (that norm's scale times the rotation, applied after it).
+    ROTATED_PARAMETERS = ("attn_shortcut", "mlp_shortcut", "attn_post_map", "mlp_post_map")
+
+    def make_rotated(self, layer: nn.Module) -> nn.Module:
+        """Turn one decoder layer into its rotated form, in place (the extra matrices start as None)."""
+        if not getattr(layer, "diet_rotated", False):
+            layer.__class__ = _rotated_class(type(layer), self)
+            for name in self.ROTATED_PARAMETERS:
+                layer.register_parameter(name, None)
+        return layer
+
+    def is_rotated(self, model: nn.Module) -> bool:
+        return bool(getattr(model.config, "rotated_residual", None))
+
+    def rotated_forward(self, layer: nn.Module, hidden_states: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """The decoder layer's computation with the shortcut and post maps; the attention module gets the layer's
+        keyword arguments as the family's own forward hands them on."""
+        norms = self.residual_norms(layer)
+        post_attn, post_mlp = norms.post if norms.post else (None, None)
+        residual = hidden_states
+        h, _ = layer.self_attn(hidden_states=norms.pre[0](hidden_states), **kwargs)
+        if post_attn is not None:
+            h = post_attn(h)
+        if layer.attn_post_map is not None:
+            h = h @ layer.attn_post_map
+        hidden_states = (residual if layer.attn_shortcut is None else residual @ layer.attn_shortcut) + h
+        residual = hidden_states
+        h = layer.mlp(norms.pre[-1](hidden_states))
+        if post_mlp is not None:
+            h = post_mlp(h)
+        if layer.mlp_post_map is not None:
+            h = h @ layer.mlp_post_map
+        return (residual if layer.mlp_shortcut is None else residual @ layer.mlp_shortcut) + h
+
 
 class LlamaLikeAdapter(Adapter):
     """Llama, Mistral, Qwen2: pre-norm blocks, RMSNorm scale `weight`, unscaled embeddings.
@@ -228,6 +268,27 @@ class Gemma2Adapter(GemmaAdapter):
 
 class Gemma3TextAdapter(GemmaAdapter):
     family = "gemma3_text"
+
+
+_ROTATED_CLASSES: dict[type, type] = {}
+
+
+def _rotated_class(base: type, adapter: Adapter) -> type:
+    """A subclass of the family's decoder layer (same name) whose forward is `adapter.rotated_forward`; positional
+    arguments are bound to the family forward's own names first."""
+    if base not in _ROTATED_CLASSES:
+        signature = inspect.signature(base.forward)
+
+        def forward(self, hidden_states, *args, **kwargs):
+            if args:
+                bound = signature.bind(self, hidden_states, *args, **kwargs).arguments
+                extra = bound.pop("kwargs", {})
+                kwargs = {k: v for k, v in bound.items() if k not in ("self", "hidden_states")} | extra
+            return adapter.rotated_forward(self, hidden_states, kwargs)
+
+        _ROTATED_CLASSES[base] = type(base.__name__, (base,), {"forward": forward, "diet_rotated": True,
+                                                                "__module__": base.__module__})
+    return _ROTATED_CLASSES[base]
 
 
 ADAPTERS: dict[str, type[Adapter]] = {

@@ -12,6 +12,12 @@ Weight norms:
   hidden.<L>: the LM head's column d times the final norm's effective scale (tied heads read the embedding).
 
 Slicing keeps the RMS statistics exact by carrying the pruned stream multiplied by c = sqrt(d'/d); see prune.py.
+
+A model whose residual stream was rotated (`config.rotated_residual`: method=slicegpt, prune.rotate=pca; see
+diet/transforms/rotation.py) has its dimensions in principal bases: index j is the j-th principal direction of
+every rotated point. Its hook points are then `hidden.<i>`, the stream entering layer i's MLP pre-norm (always in
+a rotated basis, also where a tied model keeps layer 0's input and the final norm's in the original one), and
+slicing, parameter costs and restoring on load go to rotation.py.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import torch
 from diet import vote
 from diet.targets.base import (Target, column_sq_norms, group_index, keep_inputs, keep_norm, keep_outputs,
                                norm_scale, scaled, set_parameter)
+from diet.transforms import rotation
 
 
 class HiddenTarget(Target):
@@ -29,6 +36,8 @@ class HiddenTarget(Target):
 
     def hook_points(self, model, adapter):
         layers = adapter.decoder_layers(model)
+        if adapter.is_rotated(model):
+            return {f"hidden.{i}": adapter.residual_norms(layer).pre[-1] for i, layer in enumerate(layers)}
         points = {f"hidden.{i}": layer for i, layer in enumerate(layers)}
         points[f"hidden.{len(layers)}"] = adapter.final_norm(model)
         return points
@@ -45,12 +54,18 @@ class HiddenTarget(Target):
 
     def multiple_of(self, model, adapter, multiple_of: int) -> int:
         # transformers refuses to save or load a config whose hidden_size is not a multiple of num_attention_heads
-        # (head_dim is explicit after pruning, so only that check needs it)
+        # (head_dim is explicit after pruning, so only that check needs it); a rotated model keeps hidden_size
+        if adapter.is_rotated(model):
+            return multiple_of
         return math.lcm(multiple_of, model.config.num_attention_heads)
 
     def param_cost(self, model, adapter):
         """A residual dimension, in every layer: a column of each reader, a row (and bias) of each writer, a norm
         weight of each norm (the embedding, LM head and final norm are outside the decoder layers)."""
+        if adapter.is_rotated(model):  # the average over the full width (shortcuts are k x k: not linear in k; the
+            d = model.config.rotated_residual["width"]  # budget solves for the width instead: fraction_for_params)
+            return {"hidden": (rotation.decoder_params_at(model, adapter, d)
+                               - rotation.decoder_params_at(model, adapter, 0)) // d}
         total = 0
         for layer in adapter.decoder_layers(model):
             total += sum(r.out_features for r in adapter.residual_readers(layer))
@@ -59,9 +74,23 @@ class HiddenTarget(Target):
             total += len(norms.pre) + len(norms.post)
         return {"hidden": total}
 
+    def fraction_for_params(self, model, adapter, fraction: float, multiple_of: int, dense_decoder: int):
+        """prune.budget=params on a rotated model: the fraction of directions whose slicing leaves at most
+        (1 - fraction) of the unrotated decoder's parameters (shortcut matrices and post maps counted; one
+        DietError line when no width does); None on an unrotated model (the linear cost of `param_cost` is exact
+        there)."""
+        if not adapter.is_rotated(model):
+            return None
+        k = rotation.slicegpt_width(model, adapter, fraction, self.multiple_of(model, adapter, multiple_of), "params",
+                                    dense_decoder)
+        return 1 - k / model.config.rotated_residual["width"]
+
     @torch.no_grad()
     def weight_norms(self, model, adapter):
         layers = adapter.decoder_layers(model)
+        if adapter.is_rotated(model):  # the readers of each MLP's (rotated) input, the norm has unit scale there
+            return {f"hidden.{i}": sum(column_sq_norms(r.weight) for r in adapter.mlp_projections(layer)[:2]
+                                       ).sqrt().cpu() for i, layer in enumerate(layers)}
         offset = adapter.norm_offset
         norms = {}
         for i, layer in enumerate(layers):
@@ -79,6 +108,9 @@ class HiddenTarget(Target):
         return norms
 
     def prune(self, model, adapter, kept):
+        if adapter.is_rotated(model):
+            rotation.slice_rotated(model, adapter, kept["hidden"])
+            return
         indices = kept["hidden"]
         width, kept_width = adapter.hidden_size(model), indices.numel()
         c = (kept_width / width) ** 0.5
@@ -118,7 +150,13 @@ class HiddenTarget(Target):
         model.config.head_dim = head_dim
         adapter.refresh_embedding_scale(model)
 
+    def restore(self, model, adapter, config):
+        if getattr(config, "rotated_residual", None):
+            rotation.restore_rotated(model, adapter, config)
+
     def zero_masked(self, model, adapter, masks):
+        if adapter.is_rotated(model):
+            raise NotImplementedError("zero_masked of a rotated model: its streams have several bases")
         removed = ~masks["hidden"]
         adapter.embedding(model).weight[:, removed.to(adapter.embedding(model).weight.device)] = 0
         for layer in adapter.decoder_layers(model):
