@@ -277,12 +277,15 @@ def test_a_launcher_runs_for_real_and_its_sweeps_report(tmp_path):
 
     main([str(tmp_path / "s")])
     header, _, *rows = table_rows((tmp_path / "s" / "report.md").read_text())
-    # hidden: 12 of 64 residual dims is 0.1875, more than a point off 0.2, so the achieved sparsity is shown too
-    assert header == ["model", "method", "target", "sparsity", "achieved", "prune.scope",  # the key that varies
+    # hidden: 12 of 64 residual dims is 0.1875, more than a point off 0.2, so the achieved sparsity is shown too;
+    # hidden and mlp dimensions cost different parameters, so what each row removed is shown as well
+    assert header == ["model", "method", "target", "sparsity", "achieved", "params removed",
+                      "prune.scope",  # the key that varies
                       *[f"{t} (acc)" for t in DEMO_TASKS], "average"]
-    achieved = {(target, scope): json.loads((tmp_path / "s" / job / "results.json").read_text())["sparsity"]["achieved"]
-                for job, (target, scope) in jobs.items()}
-    assert sorted((r[2], r[5], r[4]) for r in rows) == sorted((t, s, f"{a:.4f}") for (t, s), a in achieved.items())
+    written = {(target, scope): json.loads((tmp_path / "s" / job / "results.json").read_text())["sparsity"]
+               for job, (target, scope) in jobs.items()}
+    assert sorted((r[2], r[6], r[4], r[5]) for r in rows) == sorted(
+        (t, s, f"{w['achieved']:.4f}", f"{w['params']['decoder']:.3f}") for (t, s), w in written.items())
     assert (tmp_path / "s" / "avg_vs_prune_scope.png").stat().st_size > 2000
     assert "## Failed or missing runs\n\nNone." in (tmp_path / "s" / "report.md").read_text()
 
@@ -382,6 +385,30 @@ def test_a_parameter_budget_pairs_methods_that_remove_different_structures(tmp_p
     flap = [r for r in records if r["method"] == "flap"]
     assert [(r["decoder_param_sparsity"], r["prefill_speedup"], r["decode_speedup"]) for r in flap] == [
         ("0.198", "1.2", "1.15"), ("0.198", "", "")]
+
+
+def test_rows_of_one_width_that_remove_different_parameters_say_so():
+    """Slicing 20% of the residual width removes 20% of the parameters unrotated but adds some with SliceGPT's
+    shortcut matrices: the table shows each row's decoder share even without a parameter budget, and only then."""
+    from diet.report import Collected, build_table
+    from diet.report.tables import csv_text, markdown
+
+    def table(removed):
+        runs = []
+        for method, share in removed.items():
+            run = hand_run(method, 0, 0.4, sparsity=0.2, achieved=0.2)
+            run.target, run.param_sparsity = "hidden", share
+            runs.append(run)
+        tasks, metric, extras, rows = build_table(runs)
+        return (table_rows(markdown(tasks, metric, extras, rows, Collected(runs=runs), ["here"])),
+                list(csv.DictReader(io.StringIO(csv_text(tasks, metric, extras, rows)))))
+
+    (header, _, *lines), records = table({"diet": 0.200, "slicegpt": -0.082})
+    assert {line[1]: dict(zip(header, line))["params removed"] for line in lines} == {"diet": "0.200",
+                                                                                      "slicegpt": "-0.082"}
+    assert [r["decoder_param_sparsity"] for r in records] == ["0.2", "-0.082"]
+    (header, _, *lines), records = table({"diet": 0.200, "random": 0.201})
+    assert "params removed" not in header and "decoder_param_sparsity" not in records[0]
 
 
 def test_an_unknown_baseline_is_one_line(monkeypatch, tmp_path):

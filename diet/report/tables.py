@@ -277,12 +277,23 @@ def label(key: str) -> str:
     return LABELS.get(key, key)
 
 
+def params_differ(rows, tolerance=0.005) -> bool:
+    """Rows that asked for the same sparsity but removed different shares of the decoder's parameters (a rotated
+    width adds shortcut matrices, heads and neurons cost differently): then the table must say what each removed."""
+    removed: dict[tuple, list[float]] = {}
+    for row in rows:
+        if row.method != "dense" and row.param_sparsity is not None:
+            removed.setdefault((row.model, row.sparsity), []).append(row.param_sparsity)
+    return any(max(v) - min(v) > tolerance for v in removed.values())
+
+
 def markdown(tasks, metric, extras, rows, found: Collected, sources: list[str], baseline: str | None = None) -> str:
     show_achieved = any(r.achieved is not None and r.sparsity is not None and abs(r.achieved - r.sparsity) > 1e-4
                         for r in rows if r.method != "dense")
     multi = any(len(r.runs) > 1 for r in rows)
     budgets = any(r.param_budget is not None for r in rows)
-    show_params = budgets and any(r.param_sparsity is not None for r in rows if r.method != "dense")
+    show_params = budgets or params_differ(rows)
+    show_params = show_params and any(r.param_sparsity is not None for r in rows if r.method != "dense")
     show_speed = any(r.speedup is not None for r in rows)
     header = ["model", "method", "target", "sparsity", *(["achieved"] if show_achieved else []),
               *(["params removed"] if show_params else []), *[label(k) for k in extras],
@@ -354,7 +365,7 @@ def csv_text(tasks, metric, extras, rows) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     all_runs = [run for row in rows if row.method != "dense" for run in row.runs]
-    params = any(run.param_budget is not None for run in all_runs)  # prune.budget=params
+    params = any(run.param_budget is not None for run in all_runs) or params_differ(rows)
     speed = any(run.speedup is not None for run in all_runs)
     writer.writerow(["model", "method", "target", "sparsity", *extras, "seed", "achieved_sparsity", "params_ratio",
                      *(["decoder_param_sparsity"] if params else []),
