@@ -70,6 +70,9 @@ def test_which_keys_a_method_ignores_come_from_the_method_registry():
 
     assert [plots.ignores(row(m), "vote.method") for m in ("diet", *NON_VOTING)] == [False, True, True, True, True]
     assert plots.ignores(row("diet", calib__source="generic"), "vote.method")  # pooled: nothing to vote
+    assert plots.ignores(row("shortgpt", calib__source="generic"), "calib.source")  # pooled either way
+    assert not plots.ignores(row("shortgpt", calib__source="text"), "calib.source")  # its papers' calibration
+    assert not plots.ignores(row("diet", calib__source="generic"), "calib.source")
     assert [plots.ignores(row(m), "scoring.name") for m in ("diet", "generic", "magnitude", "random")] == [
         False, False, True, True]
     assert plots.ignores(row("random"), "calib.n_samples") and not plots.ignores(row("generic"), "calib.n_samples")
@@ -196,3 +199,25 @@ def test_the_speed_plot_puts_each_method_at_its_measured_speed_up_and_joins_the_
     assert {m for m, p in points.items() if p[3]} == {"diet", "shortgpt", "flap"}  # random: diet is faster, better
     assert plots.plot_speed(rows, tmp_path / "speed.png") == tmp_path / "speed.png"
     assert (tmp_path / "speed.png").stat().st_size > 0
+
+
+def test_the_speed_plot_draws_each_method_once_across_sparsities_with_only_the_settings_that_tell_rows_apart():
+    runs = []
+    for sparsity, speedup in ((0.2, 1.1), (0.4, 1.3)):
+        for method, average, settings in (("diet", 0.8, {}), ("flap", 0.6, {"method__metric": "WIFV"}),
+                                          ("flap", 0.5, {"method__metric": "IFV"}),
+                                          ("shortgpt", 0.4, {"method__metric": None})):
+            run = fake_run(method, sparsity, sparsity, average - sparsity / 10, **settings)
+            run.speedup = speedup + (0.1 if method == "shortgpt" else 0)
+            runs.append(run)
+    rows = build_table(runs)[3]
+    points = plots.speed_points(rows)["m"]
+    assert sorted({p[0] for p in points}) == ["diet mlp", "flap mlp (method.metric=IFV)",
+                                              "flap mlp (method.metric=WIFV)", "shortgpt mlp"]
+    ax, = drawn(plots.speed_figure({"m": points}))
+    labels = ax.get_legend_handles_labels()[1]
+    assert sorted(labels) == sorted({p[0] for p in points} | {"Pareto front"})  # one entry per series
+    diet, = [bars.lines[0] for bars in ax.containers if bars.get_label() == "diet mlp"]
+    assert list(diet.get_xdata()) == [1.1, 1.3] and list(diet.get_ydata()) == pytest.approx([78.0, 76.0])
+    assert sorted(t.get_text() for t in ax.texts) == ["0.2"] * 4 + ["0.4"] * 4
+    plots._pyplot().close("all")

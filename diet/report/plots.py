@@ -76,7 +76,7 @@ def _axis(values: list) -> tuple[list, list[str] | None]:
 def ignores(row: Row, key: str) -> bool:
     """Whether the row's method leaves config key `key` unread, so that its value says nothing about the row: `vote.*`
     for methods that merge nothing (one pooled ranking, no data, or each task its own mask), `scoring.*` for methods
-    that score without it, `calib.*` for methods that read no data (`calib.source` for those that only pool). Read
+    that score without it, `calib.*` for methods that read no data (`calib.source` for those that only pool, unless it is `text`). Read
     from the method registry; a method it does not know (a run of another version) reads every key."""
     if row.method == "dense" or not key.startswith(("vote.", "scoring.", "calib.")):
         return False
@@ -91,8 +91,8 @@ def ignores(row: Row, key: str) -> bool:
         return calibration != "task" or method.per_task_eval
     if key.startswith("scoring."):
         return not method.uses_scoring
-    if key == "calib.source":
-        return method.calibration != "task"
+    if key == "calib.source":  # pooled methods read task and generic alike; text calibration changes any method
+        return calibration == "none" or (method.calibration != "task" and calibration != "text")
     return calibration == "none"
 
 
@@ -272,42 +272,65 @@ def plot_against(rows: list[Row], key: str, name: str, path: Path) -> Path | Non
     return path
 
 
-def speed_points(rows: list[Row]) -> dict[str, list[tuple[str, float, float, float | None, bool]]]:
-    """Per model, every row with a measured speed-up: (label, prefill speed-up, average accuracy %, its sd,
-    on the Pareto front: no other row is both at least as fast and at least as accurate, and better in one)."""
+def speed_points(rows: list[Row]) -> dict[str, list[tuple[str, float, float, float | None, bool, float | None]]]:
+    """Per model, every row with a measured speed-up: (its series, prefill speed-up, average accuracy %, its sd,
+    on the Pareto front: no other row is both at least as fast and at least as accurate, and better in one,
+    its requested sparsity). A series is a method and target with the settings that tell its rows apart."""
     out: dict[str, list] = {}
-    for model in dict.fromkeys(r.model for r in rows):
-        points = [(describe_row(r), r.speedup, 100 * r.average.mean, None if r.average.sd is None else 100 * r.average.sd)
-                  for r in rows
-                  if r.model == model and r.speedup is not None and r.average.mean is not None]
-        out[model] = [(*p, not any(q[1] >= p[1] and q[2] >= p[2] and (q[1] > p[1] or q[2] > p[2]) for q in points))
-                      for p in points]
-    return {m: p for m, p in out.items() if p}
+    timed = [r for r in rows if r.speedup is not None and r.average.mean is not None]
+    varying = {}  # per method, the settings whose value differs between its timed rows
+    for row in timed:
+        for key, value in row.extras.items():
+            varying.setdefault(row.method, {}).setdefault(key, set()).add(plain(value))
+    for model in dict.fromkeys(r.model for r in timed):
+        points = [(describe_row(r, {k for k, v in varying.get(r.method, {}).items() if len(v) > 1}), r.speedup,
+                   100 * r.average.mean, None if r.average.sd is None else 100 * r.average.sd, r.sparsity)
+                  for r in timed if r.model == model]
+        out[model] = [(*p[:4], not any(q[1] >= p[1] and q[2] >= p[2] and (q[1] > p[1] or q[2] > p[2]) for q in points),
+                       p[4]) for p in points]
+    return out
 
 
-def describe_row(row: Row) -> str:
-    settings = ", ".join(f"{label(k)}={plain(v)}" for k, v in row.extras.items() if v is not None)
+def describe_row(row: Row, keys=None) -> str:
+    settings = ", ".join(f"{label(k)}={plain(v)}" for k, v in row.extras.items()
+                         if v is not None and (keys is None or k in keys) and not ignores(row, k))
     return f"{row.method} {row.target}" + (f" ({settings})" if settings else "")
 
 
+def speed_figure(shown: dict):
+    """Average accuracy against measured prefill speed-up: one colour and marker per series (its sparsities joined
+    by a thin line, each point labelled with its sparsity), the Pareto front over all points in grey."""
+    plt = _pyplot()
+    colours = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, len(shown), figsize=(7 * len(shown), 5), squeeze=False)
+    for ax, (model, points) in zip(axes[0], shown.items()):
+        series = list(dict.fromkeys(p[0] for p in points))
+        for i, name in enumerate(series):
+            mine = sorted((p for p in points if p[0] == name), key=lambda p: (p[5] is None, p[5] or 0))
+            colour, marker = colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], MARKERS[i % len(MARKERS)]
+            ax.errorbar([p[1] for p in mine], [p[2] for p in mine], yerr=[p[3] or 0 for p in mine], capsize=3,
+                        marker=marker, color=colour, linestyle="-", linewidth=0.6, label=name)
+            for p in mine:
+                if p[5] is not None:
+                    ax.annotate(f"{p[5]:g}", (p[1], p[2]), xytext=(4, 3), textcoords="offset points", fontsize=6,
+                                color=colour)
+        front = sorted((p[1], p[2]) for p in points if p[4])
+        ax.plot([x for x, _ in front], [y for _, y in front], color="gray", linewidth=1.5, alpha=0.5, zorder=0,
+                label="Pareto front")
+        ax.set(title=f"{model} (points labelled with their sparsity)", xlabel="measured prefill speed-up over dense (x)",
+               ylabel="average accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return fig
+
+
 def plot_speed(rows: list[Row], path: Path) -> Path | None:
-    """Average accuracy against measured prefill speed-up, one point per row, the Pareto front joined."""
     shown = speed_points(rows)
     if not shown:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
-    for ax, (model, points) in zip(axes[0], shown.items()):
-        for i, (name, x, y, sd, _) in enumerate(points):
-            ax.errorbar([x], [y], yerr=[sd] if sd else None, capsize=3, marker=MARKERS[i % len(MARKERS)],
-                        linestyle="none", label=name)
-        front = sorted((x, y) for _, x, y, _, on in points if on)
-        ax.plot([x for x, _ in front], [y for _, y in front], color="gray", linewidth=1, label="Pareto front")
-        ax.set(title=model, xlabel="measured prefill speed-up over dense (x)", ylabel="average accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig = speed_figure(shown)
     cache.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
