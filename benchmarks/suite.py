@@ -5,6 +5,9 @@
   prune       bench_prune.py: the run's vote + prune seconds vs profiling; pruned-vs-dense prefill at sparsity
               0.2/0.3/0.5, mlp, hidden, heads, mlp+heads (those diet accepts), multiple_of 1 and 128, batch 1/8/32,
               with parameter and FLOP ratios
+  methods     bench_methods.py: every method (diet, generic, random, Wanda-sp, FLAP, ShortGPT, SLEB, SliceGPT) pruned
+              to parameter budgets 0.2 and 0.4 on Gemma-3 270M, loaded back from its checkpoint and timed against
+              dense in one interleaved loop: prefill and decode speed-ups, FLOP ratios
   models-cpu  bench_gpu.py --device cpu on gemma3_270m (real weights): the Taylor (gradient) importance pass vs
               DIET's forward-only profiling, end to end profile + vote + prune at 7 tasks x 100 samples, decode
   gpu         bench_gpu.py on CUDA in bf16: gemma3_270m (real weights) and the gemma2 2b/9b/27b and Llama-3-8B shapes
@@ -27,7 +30,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent  # each part records its command relative to the repository root itself
-PARTS = ("profile", "prune", "models-cpu", "gpu")
+PARTS = ("profile", "prune", "methods", "models-cpu", "gpu")
 GPU_MODELS = "gemma3_270m,gemma2_2b,gemma2_9b,gemma2_27b,llama3_8b"
 
 
@@ -44,6 +47,8 @@ def commands(args, has_cuda: bool) -> dict[str, list[str] | None]:
         "prune": [python, str(HERE / "bench_prune.py"), *common, *quick, "--batch-sizes",
                   "1,8" if args.quick else "1,8,32", "--multiple-of", "1,128",
                   "--tokens", "64" if args.quick else "128"],
+        "methods": [python, str(HERE / "bench_methods.py"), *common,
+                    *(["--budgets", "0.2", "--repeats", "2", "--decode-steps", "4"] if args.quick else [])],
         "models-cpu": [python, str(HERE / "bench_gpu.py"), "--device", "cpu", "--models", "gemma3_270m",
                        "--sections", "taylor,e2e,decode", "--stats", "eager", *cpu_models, *common],
         "gpu": [python, str(HERE / "bench_gpu.py"), "--device", "cuda", "--models", GPU_MODELS,

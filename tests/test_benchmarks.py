@@ -57,7 +57,7 @@ def test_suite_runs_the_gpu_part_only_with_cuda_and_rejects_unknown_parts(capsys
     assert all(cmd[cmd.index("--doc") + 1] == "docs/benchmarks.md" for cmd in with_cuda.values())
     assert suite.main(["--skip", "profile,bogus"]) == 2
     assert capsys.readouterr().err.strip() == ("suite: error: --skip bogus: unknown part; allowed: profile, prune, "
-                                               "models-cpu, gpu")
+                                               "methods, models-cpu, gpu")
 
 
 # ------------------------------------------------------------------------------------------------- the harness
@@ -200,3 +200,40 @@ def test_bench_profile_tiny_writes_its_section(tmp_path):
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\n## Profile stage: hook overhead (tiny_gemma2, CPU)\n\n- date: ")
     assert "| long: 2 x 32 tokens, batch 8 | hidden |" in text
+
+
+@pytest.mark.slow
+def test_bench_methods_tiny_times_every_method_from_its_saved_checkpoint(tmp_path):
+    """Every method pruned to one parameter budget through the run, saved, loaded back and timed against dense in one
+    loop: each row's share of the decoder removed and its FLOP ratio are those of its own structure."""
+    out = tmp_path / "rows.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"), "--tiny", "--cache-dir",
+                           str(tmp_path / "cache"), "--json-out", str(out), "--doc", str(tmp_path / "b.md")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["row"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert list(rows) == ["dense", "dense copy", *(f"{m} 0.4" for m in (
+        "diet", "generic", "random", "wanda_sp", "flap", "shortgpt", "sleb", "slicegpt"))]
+    assert rows["dense copy"]["flop_ratio"] == 1.0 and rows["dense"]["prefill_speedup"] == [1.0, 1.0, 1.0]
+    # the three FFN rows remove the same neurons per layer; 2 of the 4 layers are half the decoder
+    assert {rows[f"{m} 0.4"]["flop_ratio"] for m in ("diet", "generic", "random")} == {rows["diet 0.4"]["flop_ratio"]}
+    assert rows["shortgpt 0.4"]["decoder_params_removed"] == rows["sleb 0.4"]["decoder_params_removed"] == 0.5
+    assert all(abs(r["decoder_params_removed"] - 0.4) < 0.05 for n, r in rows.items()
+               if n.split()[0] in ("diet", "wanda_sp", "flap", "slicegpt"))
+    assert all(r["flop_ratio"] < 0.75 and r["prefill_speedup"][1] > 0 for n, r in rows.items() if " 0.4" in n)
+    markdown = (tmp_path / "b.md").read_text()
+    assert "## Measured speed of each method's pruned model (tiny shapes, CPU)" in markdown
+    assert "| slicegpt | residual width (rotated) | 0.4 | " in markdown
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "diet,wanda"], "--methods wanda: unknown; allowed: diet, generic, random, wanda_sp, flap, "
+                                  "shortgpt, sleb, slicegpt"),
+    (["--budgets", "0.2,1.5"], "--budgets 0.2,1.5: each must lie in (0, 1)")])
+def test_bench_methods_bad_arguments_are_one_line(args, message, capsys):
+    import bench_methods
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_methods.parse(args)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"bench_methods: error: {message}"
