@@ -21,7 +21,9 @@ Timing (diet.speed, as `eval.speed=true` times one pair): every model, the dense
 loop with the order rotated each repeat (`--repeats`), after one untimed round; prefill is one forward of B x S
 random token ids (seed 0) without a cache, decode one new token per step against a KV cache of S tokens
 (`--decode-steps` interleaved steps). Each ratio is dense time / model time per repeat (so > 1 is faster); the
-median and [min-max] over repeats are reported. FLOP ratio: the analytic forward FLOPs of the pruned shapes, LM
+median and [min-max] over repeats are reported. Every timed model is a deep copy (anonymous memory): dense and
+`dense copy` of the loaded model, each pruned one of what `load_pruned` read, since loaded weights can be an mmap
+of the checkpoint file. FLOP ratio: the analytic forward FLOPs of the pruned shapes, LM
 head included (`diet.speed.forward_flops`, a rotated model's shortcut matrices counted), over dense's. params
 removed: the fraction of the decoder layers' parameters removed, from the run's results.json (negative: the
 model grew).
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import sys
@@ -74,7 +77,7 @@ def prune_one(name: str, budget: float, args, work: Path):
     diet_run.run(cfg, run_dir)
     results = json.loads((run_dir / "results.json").read_text())
     model, _ = load_pruned(run_dir / "pruned_model")  # the saved dtype: the run's
-    model = model.to(args.device).eval()
+    model = copy.deepcopy(model).to(args.device).eval()  # as dense: anonymous memory, not a view of the file
     log(f"{name} at {budget}: pruned, saved and loaded back in {time.perf_counter() - started:.0f} s")
     return model, results
 
@@ -157,8 +160,10 @@ def run(args) -> int:
     started = time.perf_counter()
     cfg = harness.run_config([f"model.dtype={args.dtype}", *(TINY if args.tiny else [])])
     loaded = harness.load_model(cfg, args.cache_dir)
-    dense = loaded.model.to(args.device).eval()
+    # loaded weights can be an mmap of the checkpoint; every timed model is a deep copy (see the docstring)
+    dense = copy.deepcopy(loaded.model).to(args.device).eval()
     models = {"dense": dense, "dense copy": copy.deepcopy(dense)}
+    loaded = dataclasses.replace(loaded, model=dense)
     meta = {"dense": ("-", None, None), "dense copy": ("-", None, None)}
     with tempfile.TemporaryDirectory(prefix="bench_methods_") as work:
         for budget in args.budgets:
