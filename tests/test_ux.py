@@ -64,6 +64,7 @@ def test_results_heads_prose_quotes_its_table():
     DIET's seed spread, not a blanket 'falls to chance' that single seeds contradict."""
     text = (REPO / "docs" / "results.md").read_text()
     section = text[text.index("### Attention heads on the demo"):]
+    section = section[:section.find("\n## ")] if "\n## " in section else section  # up to the next section
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
             if line.startswith("| gemma3_270m")]
     header = [c.strip() for c in next(line for line in section.splitlines() if line.startswith("| model")).strip(
