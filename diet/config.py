@@ -423,6 +423,61 @@ def check_override_keys(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
             raise unknown_key_error(key, keys)
 
 
+OPTION_GROUPS = ("method", "scoring")  # groups whose pieces declare options in their own file
+
+
+def _yaml(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+
+
+def _option_keys(group: str, name: str, dirs: list[Path]) -> set[str] | None:
+    """The keys the file `<group>/<name>.yaml` sets under its group (its options and `name`); None if not found."""
+    path = next((d / group / f"{name}.yaml" for d in dirs if (d / group / f"{name}.yaml").is_file()), None)
+    if path is None:
+        return None
+    text = path.read_text()
+    content = _yaml(path)
+    if "@package _global_" in text.split("\n", 1)[0]:
+        content = content.get(group) or {}
+    return {k for k in content if k != "defaults"}
+
+
+def _chosen(group: str, argv: list[str], dirs: list[Path]) -> list[str] | None:
+    """The `group` choices a command line runs (a sweep's every value), or None where they are not plain to see
+    (an experiment file that sets the group: Hydra decides then)."""
+    for arg in argv:
+        if arg.lstrip("+").startswith(f"{group}=") and not arg.startswith("~"):
+            return [v for v in arg.split("=", 1)[1].split(",") if v]
+    for arg in argv:
+        if arg.startswith("experiment="):
+            for name in arg.split("=", 1)[1].split(","):
+                path = next((d / "experiment" / f"{name}.yaml" for d in dirs
+                             if (d / "experiment" / f"{name}.yaml").is_file()), None)
+                if path is None or group in str(_yaml(path).get("defaults", "")):
+                    return None
+    defaults = _yaml(dirs[-1] / "config.yaml").get("defaults", [])
+    found = [entry[group] for entry in defaults if isinstance(entry, dict) and group in entry]
+    return found or None
+
+
+def check_option_keys(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """`method.interleave=false` with a method that has no such option: one line naming the method's options
+    (Hydra would say 'Key is not in struct' over several lines, or, with `+`, accept it)."""
+    dirs = config_dirs(argv, conf_dir)
+    for arg in argv:
+        if "=" not in arg or arg.startswith(("-", "~")):
+            continue
+        key = arg.split("=", 1)[0].lstrip("+")
+        group, _, option = key.partition(".")
+        if group not in OPTION_GROUPS or not option or option == "name":
+            continue
+        for name in _chosen(group, argv, dirs) or []:
+            declared = _option_keys(group, name, dirs)
+            if declared is not None and option.split(".")[0] not in declared:
+                allowed = ", ".join(f"{group}.{k}" for k in sorted(declared - {"name"})) or "none (it has no options)"
+                raise DietError(f"{key}: unknown key for {group}={name}; allowed: {allowed}")
+
+
 def check_launcher(argv: list[str]) -> None:
     """submitit_slurm composes anywhere but fails at launch off a cluster with a stack trace; say it in one line."""
     multirun = "-m" in argv or "--multirun" in argv
@@ -441,5 +496,6 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     Hydra's own keys (`hydra.*`) are not part of it."""
     check_group_choices(list(overrides))
     check_override_keys(list(overrides))
+    check_option_keys(list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))

@@ -190,6 +190,7 @@ def main() -> None:
     try:
         config.check_group_choices(sys.argv[1:])
         config.check_override_keys(sys.argv[1:])
+        config.check_option_keys(sys.argv[1:])
         config.check_launcher(sys.argv[1:])
     except DietError as err:
         config.exit_on_error(err)

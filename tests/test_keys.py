@@ -48,3 +48,29 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path):
         "diet: error: sparsityy: unknown key (no part of diet reads it); allowed: a known key (the nearest known "
         "key is sparsity)"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["method.interleave=false"], "method.interleave: unknown key for method=diet; allowed: none (it has no options)"),
+    (["method=flap", "method.early_barrier=2"], "method.early_barrier: unknown key for method=flap; allowed: "
+                                                "method.bias_compensation, method.metric, method.structure"),
+    (["method=sleb,diet", "method.early_barrier=2"],  # a sweep: every method it runs must take the option
+     "method.early_barrier: unknown key for method=diet; allowed: none (it has no options)"),
+    (["experiment=demo", "method=slicegpt", "method.interleav=false"],
+     "method.interleav: unknown key for method=slicegpt; allowed: method.interleave")])
+def test_an_option_the_chosen_method_lacks_is_one_line(argv, message):
+    """Every method file's options are known keys, so only the chosen method can say which it takes (Hydra would
+    answer 'Key is not in struct' over six lines)."""
+    with pytest.raises(DietError) as err:
+        config.check_option_keys(["model=tiny_llama", *argv])
+    assert str(err.value) == message
+    with pytest.raises(DietError, match="^method.inter|^method.early"):
+        config.compose(["model=tiny_llama", *argv])
+
+
+def test_options_of_the_chosen_method_pass():
+    for argv in (["method=slicegpt", "method.interleave=false"], ["method=sleb", "method.early_barrier=2"],
+                 ["method=flap", "+method.metric=IFV"], ["method=flap", "scoring=wifv", "method.structure=UL-UM"],
+                 ["experiment=demo", "sparsity=0.3"]):
+        config.check_option_keys(["model=tiny_llama", *argv])
+    config.compose(["model=tiny_llama", "method=slicegpt", "method.interleave=false"])
