@@ -423,6 +423,9 @@ def test_flap_and_wanda_sp_run_end_to_end_on_local_text_and_load_back(tmp_path):
                           "prune.target=[mlp,heads]", "prune.save=true", f"cache_dir={tmp_path / 'cache'}"])
     result = run.run(cfg, tmp_path / "wanda_sp")
     assert result.method == "wanda_sp" and result.profile_cache == {"text": "sequential"}
+    # a .txt is one stream cut into windows: no documents drawn, and the record says how it was cut
+    assert result.calibration == {"text": {"split": str(txt), "n_docs": 0, "held_out_of_eval": False,
+                                           "windows": "consecutive"}}
     assert result.sparsity["per_target"] == {"mlp": 26 / 128, "heads": 0.5}  # uniform: every layer alike
     plain = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "wanda_sp" / "pruned_model")
     assert prune.count_params(plain) == result.params["pruned"]
