@@ -272,6 +272,19 @@ def test_slicegpt_rounds_down_and_budgets_parameters(diet_in_process, tmp_path):
     assert kept % 8 == 0 and kept < 64
 
 
+def test_a_parameter_budget_the_widths_overshoot_is_one_warning_line(diet_in_process, caplog):
+    """With prune.multiple_of=32 the tiny Llama's widths are 64 and 32: a budget of 0.1 keeps 32 directions and
+    removes far more; the warning says how much, and what the next width would have removed."""
+    result = diet_in_process(*SLICEGPT_RUN, "sparsity=0.1", "prune.budget=params", "prune.multiple_of=32",
+                             "method.interleave=false", "eval.limit=1")
+    removed = result.sparsity["params"]["decoder"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "directions kept" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"prune.budget=params: 32 of 64 directions kept, removing {removed:.3f} of the decoder's parameters for 0.1 "
+        "requested; 64 would remove -")
+    assert removed > 0.15
+
+
 VOTED = ["model=tiny_llama", "prune.target=hidden", "sparsity=0.25", *QUIET, "eval.limit=2"]
 
 

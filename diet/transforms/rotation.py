@@ -528,6 +528,13 @@ def slicegpt_width(model, adapter, sparsity: float, multiple_of: int, budget: st
                             f"reached by slicing the rotated residual stream (its shortcut matrices and post maps "
                             f"keep {smallest / dense_decoder:.3g} of them at the smallest width); allowed: a sparsity "
                             f"below {1 - smallest / dense_decoder:.3g}, or prune.budget=dims")
+        removed = 1 - decoder_params_at(model, adapter, k, record) / dense_decoder
+        if removed - sparsity > 0.05 and k < d:
+            wider = min(d, k + multiple_of)
+            near = 1 - decoder_params_at(model, adapter, wider, record) / dense_decoder
+            log.warning("prune.budget=params: %d of %d directions kept, removing %.3f of the decoder's parameters for "
+                        "%g requested; %d would remove %.3f (widths are multiples of prune.multiple_of=%d, and the "
+                        "largest width within the budget is kept)", k, d, removed, sparsity, wider, near, multiple_of)
         return k
     k = round((1 - sparsity) * d)
     return d if k >= d else max(multiple_of, k // multiple_of * multiple_of)
