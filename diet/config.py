@@ -382,18 +382,24 @@ def known_keys(dirs: list[Path]) -> set[str]:
                 if "@" in name and "/" not in name:  # model_defaults@model: a root file under a package
                     packages[name.split("@")[0]] = name.split("@")[1]
         for path in sorted(folder.rglob("*.yaml")):
-            relative = path.relative_to(folder)
-            if relative.parts[0] == "hydra" or path == main:
+            if path.relative_to(folder).parts[0] == "hydra" or path == main:
                 continue
-            content = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
-            if path.read_text().lstrip().startswith("# @package _global_"):
-                package = ""
-            elif len(relative.parts) == 1:
-                package = packages.get(path.stem, "")
-            else:
-                package = ".".join(relative.parts[:-1])
-            keys |= _leaf_keys(content, package) if package else _leaf_keys(content)
+            keys |= file_keys(path, folder, packages)
     return keys
+
+
+def file_keys(path: Path, folder: Path, packages: dict | None = None) -> set[str]:
+    """The full keys one config file sets, under its package: its group's (`method.*` for conf/method/), the root
+    for `# @package _global_` files, or for a root file the package config.yaml's defaults give it."""
+    relative = path.relative_to(folder)
+    content = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    if path.read_text().lstrip().startswith("# @package _global_"):
+        package = ""
+    elif len(relative.parts) == 1:
+        package = (packages or {}).get(path.stem, "")
+    else:
+        package = ".".join(relative.parts[:-1])
+    return _leaf_keys(content, package) if package else _leaf_keys(content)
 
 
 def _is_known(key: str, keys: set[str]) -> bool:
@@ -430,16 +436,18 @@ def _yaml(path: Path) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
 
 
+def _group_file(dirs: list[Path], group: str, name: str) -> tuple[Path, Path] | None:
+    """(folder, file) of `<group>/<name>.yaml` as Hydra finds it (the user's folders first), or None."""
+    return next(((d, d / group / f"{name}.yaml") for d in dirs if (d / group / f"{name}.yaml").is_file()), None)
+
+
 def _option_keys(group: str, name: str, dirs: list[Path]) -> set[str] | None:
     """The keys the file `<group>/<name>.yaml` sets under its group (its options and `name`); None if not found."""
-    path = next((d / group / f"{name}.yaml" for d in dirs if (d / group / f"{name}.yaml").is_file()), None)
-    if path is None:
+    found = _group_file(dirs, group, name)
+    if found is None:
         return None
-    text = path.read_text()
-    content = _yaml(path)
-    if "@package _global_" in text.split("\n", 1)[0]:
-        content = content.get(group) or {}
-    return {k for k in content if k != "defaults"}
+    folder, path = found
+    return {k.split(".")[1] for k in file_keys(path, folder) if k.startswith(f"{group}.")}
 
 
 def _chosen(group: str, argv: list[str], dirs: list[Path]) -> list[str] | None:
@@ -451,9 +459,8 @@ def _chosen(group: str, argv: list[str], dirs: list[Path]) -> list[str] | None:
     for arg in argv:
         if arg.startswith("experiment="):
             for name in arg.split("=", 1)[1].split(","):
-                path = next((d / "experiment" / f"{name}.yaml" for d in dirs
-                             if (d / "experiment" / f"{name}.yaml").is_file()), None)
-                if path is None or group in str(_yaml(path).get("defaults", "")):
+                found = _group_file(dirs, "experiment", name)
+                if found is None or group in str(_yaml(found[1]).get("defaults", "")):
                     return None
     defaults = _yaml(dirs[-1] / "config.yaml").get("defaults", [])
     found = [entry[group] for entry in defaults if isinstance(entry, dict) and group in entry]
