@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import gc
 import json
 import sys
@@ -86,18 +85,16 @@ def measure(models: dict, adapter, args) -> dict:
     """Per model: {prefill: (median, min, max), decode: (median, min, max)} of dense time / its time per repeat."""
     import torch
 
-    from diet import speed
-
     device = torch.device(args.device)
     vocab = adapter.embedding(models["dense"]).weight.shape[0]
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(device)
-    timer = speed._timer(device)
-    prefill = speed.interleaved({n: speed._prefill(m, ids) for n, m in models.items()}, args.repeats, warmup=1,
-                                timer=timer, log=log)
-    decode = speed.interleaved({n: speed.decode_step(m, ids[:1]) for n, m in models.items()}, args.decode_steps,
-                               warmup=2, timer=timer)
-    return {n: {"prefill": speed.median_ratio(prefill["dense"], prefill[n]),
-                "decode": speed.median_ratio(decode["dense"], decode[n]),
+    timer = harness.device_timer(device)
+    prefill = harness.interleaved({n: harness.prefill_call(m, ids) for n, m in models.items()}, args.repeats,
+                                  warmup=1, timer=timer, log=log)
+    decode = harness.interleaved({n: harness.decode_step(m, ids[:1]) for n, m in models.items()}, args.decode_steps,
+                                 warmup=2, timer=timer)
+    return {n: {"prefill": harness.median_ratio(prefill["dense"], prefill[n]),
+                "decode": harness.median_ratio(decode["dense"], decode[n]),
                 "prefill_s": min(prefill[n]), "decode_s": min(decode[n])} for n in models}
 
 
@@ -133,7 +130,7 @@ def parse(argv):
     if not all(0 < b < 1 for b in args.budgets):
         p.error(f"--budgets {','.join(map(str, args.budgets))}: each must lie in (0, 1)")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    if args.tiny:  # 2 layers: a budget under 0.25 removes no layer
+    if args.tiny:  # a smoke test: small shapes, budgets of at least 0.25 only (0.4 when none is left)
         args.batch, args.seq, args.repeats, args.decode_steps = 2, 16, 2, 2
         args.budgets = [b for b in args.budgets if b >= 0.25] or [0.4]
     return args
@@ -154,16 +151,15 @@ def main(argv=None) -> int:
 def run(args) -> int:
     import torch
 
-    from diet import speed
-
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     cfg = harness.run_config([f"model.dtype={args.dtype}", *(TINY if args.tiny else [])])
     loaded = harness.load_model(cfg, args.cache_dir)
+    adapter = loaded.adapter
     # loaded weights can be an mmap of the checkpoint; every timed model is a deep copy (see the docstring)
     dense = copy.deepcopy(loaded.model).to(args.device).eval()
     models = {"dense": dense, "dense copy": copy.deepcopy(dense)}
-    loaded = dataclasses.replace(loaded, model=dense)
+    del loaded
     meta = {"dense": ("-", None, None), "dense copy": ("-", None, None)}
     with tempfile.TemporaryDirectory(prefix="bench_methods_") as work:
         for budget in args.budgets:
@@ -172,13 +168,13 @@ def run(args) -> int:
                 models[f"{name} {budget:g}"] = model
                 meta[f"{name} {budget:g}"] = (ROWS[name][0], budget, results["sparsity"]["params"]["decoder"])
                 gc.collect()
-    figures = measure(models, loaded.adapter, args)
-    dense_shape = speed.decoder_shape(dense, loaded.adapter)
+    figures = measure(models, adapter, args)
+    dense_shape = harness.decoder_shape(dense, adapter)
     table, records = [], []
     for name, model in models.items():
         structure, budget, removed = meta[name]
-        flops = (speed.forward_flops(speed.decoder_shape(model, loaded.adapter), args.batch, args.seq, with_head=True)
-                 / speed.forward_flops(dense_shape, args.batch, args.seq, with_head=True))
+        flops = (harness.forward_flops(harness.decoder_shape(model, adapter), args.batch, args.seq, with_head=True)
+                 / harness.forward_flops(dense_shape, args.batch, args.seq, with_head=True))
         f = figures[name]
         table.append([name.split()[0] if budget is not None else name, structure,
                       "-" if budget is None else f"{budget:g}", "-" if removed is None else f"{removed:.3f}",

@@ -117,8 +117,8 @@ def calibration_texts(task_objects: dict, n_docs: int) -> dict[str, list[str]]:
 
 # ------------------------------------------------------------------------------------------- timing and FLOPs
 # One implementation, in diet itself (eval.speed uses it in the run): the benchmarks import it from there.
-from diet.speed import (DecoderShape, LayerShape, decode_step, decoder_shape, forward_flops,  # noqa: E402,F401
-                        interleaved, median_ratio)
+from diet.speed import (DecoderShape, LayerShape, decode_step, decoder_shape, device_timer,  # noqa: E402,F401
+                        forward_flops, interleaved, median_ratio, prefill_call)
 
 
 # ----------------------------------------------------------------------------------------------------- recording

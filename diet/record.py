@@ -160,7 +160,7 @@ def describe_calibration(calib_sets: dict) -> dict:
     set cut into token windows (`windows`: consecutive, random, random_doc) draws no documents (n_docs 0): its
     calib.n_samples windows of calib.max_length tokens are cut at profiling time."""
     return {n: {"split": c.split, "n_docs": len(c.doc_ids), "held_out_of_eval": c.held_out_of_eval,
-                **({"windows": c.windows} if getattr(c, "windows", None) else {})}
+                **({"windows": c.windows} if c.windows else {})}
             for n, c in calib_sets.items()}
 
 

@@ -140,11 +140,10 @@ def save_model(loaded, path: Path) -> str | None:
 
 
 def prune_and_evaluate(cfg, plan, loaded, masks, stats, eval_tasks, eval_kwargs, recorder, timings, device,
-                       original=None, dense_params=None):
-    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed; `original`
-    and `dense_params`: the model as loaded and its parameter count, when a transform changed it): (metrics, pruned
-    parameter count, speed or None)."""
-    dense_params = dense_params or prune.count_params(loaded.model)
+                       original, dense_params):
+    """Prune the loaded model in place and evaluate it (timing it against the dense one with eval.speed: `original`,
+    the model as loaded when a transform changed it, else a copy taken here); `dense_params`: the parameter count
+    of the model as loaded. Returns (metrics, pruned parameter count, speed or None)."""
     dense = (original if original is not None else copy.deepcopy(loaded.model)) if cfg.eval.speed else None
     recorder.status("running", stage="prune")
     t = time.perf_counter()

@@ -116,7 +116,8 @@ def forward_flops(shape: DecoderShape, batch: int, seq: int, *, attention: str =
 
 
 
-def _timer(device: torch.device):
+def device_timer(device: torch.device):
+    """`timer(fn) -> seconds` for `interleaved`: wall time, with the device synchronised around the call on CUDA."""
     def timed(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -128,7 +129,8 @@ def _timer(device: torch.device):
     return timed
 
 
-def _prefill(model, ids):
+def prefill_call(model, ids):
+    """A function that runs one forward of `ids` without a cache."""
     def run():
         with torch.inference_mode():
             model(input_ids=ids, use_cache=False)
@@ -153,8 +155,8 @@ def measure(dense, pruned, adapter, *, device: torch.device, batch: int = 8, seq
     FLOP and parameter ratios (pruned / dense) beside them."""
     vocab = adapter.embedding(pruned).weight.shape[0]
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(device)
-    timer = _timer(device)
-    prefill = interleaved({"dense": _prefill(dense, ids), "pruned": _prefill(pruned, ids)}, repeats, warmup=1,
+    timer = device_timer(device)
+    prefill = interleaved({"dense": prefill_call(dense, ids), "pruned": prefill_call(pruned, ids)}, repeats, warmup=1,
                           timer=timer)
     decode = interleaved({"dense": decode_step(dense, ids[:1]), "pruned": decode_step(pruned, ids[:1])},
                          decode_steps, warmup=2, timer=timer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from diet import cache
 from diet.report.collect import natural_key
@@ -76,8 +77,9 @@ def _axis(values: list) -> tuple[list, list[str] | None]:
 def ignores(row: Row, key: str) -> bool:
     """Whether the row's method leaves config key `key` unread, so that its value says nothing about the row: `vote.*`
     for methods that merge nothing (one pooled ranking, no data, or each task its own mask), `scoring.*` for methods
-    that score without it, `calib.*` for methods that read no data (`calib.source` for those that only pool, unless it is `text`). Read
-    from the method registry; a method it does not know (a run of another version) reads every key."""
+    that score without it, `calib.*` for methods that read no data (`calib.source` for those that only pool, unless
+    it is `text`). Read from the method registry; a method it does not know (a run of another version) reads every
+    key."""
     if row.method == "dense" or not key.startswith(("vote.", "scoring.", "calib.")):
         return False
     from diet.methods import METHODS  # imports torch (seconds): only plots against these keys need it
@@ -272,10 +274,17 @@ def plot_against(rows: list[Row], key: str, name: str, path: Path) -> Path | Non
     return path
 
 
-def speed_points(rows: list[Row]) -> dict[str, list[tuple[str, float, float, float | None, bool, float | None]]]:
-    """Per model, every row with a measured speed-up: (its series, prefill speed-up, average accuracy %, its sd,
-    on the Pareto front: no other row is both at least as fast and at least as accurate, and better in one,
-    its requested sparsity). A series is a method and target with the settings that tell its rows apart."""
+class SpeedPoint(NamedTuple):
+    series: str           # a method and target with the settings that tell its rows apart
+    speedup: float        # measured prefill speed-up
+    accuracy: float       # average accuracy, percent
+    sd: float | None      # its sd over seeds, percent
+    on_front: bool        # no other row is both at least as fast and at least as accurate, and better in one
+    sparsity: float | None
+
+
+def speed_points(rows: list[Row]) -> dict[str, list[SpeedPoint]]:
+    """Per model, every row with a measured speed-up, as a SpeedPoint."""
     out: dict[str, list] = {}
     timed = [r for r in rows if r.speedup is not None and r.average.mean is not None]
     varying = {}  # per method, the settings whose value differs between its timed rows
@@ -286,8 +295,8 @@ def speed_points(rows: list[Row]) -> dict[str, list[tuple[str, float, float, flo
         points = [(describe_row(r, {k for k, v in varying.get(r.method, {}).items() if len(v) > 1}), r.speedup,
                    100 * r.average.mean, None if r.average.sd is None else 100 * r.average.sd, r.sparsity)
                   for r in timed if r.model == model]
-        out[model] = [(*p[:4], not any(q[1] >= p[1] and q[2] >= p[2] and (q[1] > p[1] or q[2] > p[2]) for q in points),
-                       p[4]) for p in points]
+        out[model] = [SpeedPoint(*p[:4], not any(q[1] >= p[1] and q[2] >= p[2] and (q[1] > p[1] or q[2] > p[2])
+                                                 for q in points), p[4]) for p in points]
     return out
 
 
@@ -304,21 +313,21 @@ def speed_figure(shown: dict):
     colours = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, len(shown), figsize=(7 * len(shown), 5), squeeze=False)
     for ax, (model, points) in zip(axes[0], shown.items()):
-        series = list(dict.fromkeys(p[0] for p in points))
+        series = list(dict.fromkeys(p.series for p in points))
         for i, name in enumerate(series):
-            mine = sorted((p for p in points if p[0] == name), key=lambda p: (p[5] is None, p[5] or 0))
+            mine = sorted((p for p in points if p.series == name), key=lambda p: (p.sparsity is None, p.sparsity or 0))
             colour, marker = colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], MARKERS[i % len(MARKERS)]
-            ax.errorbar([p[1] for p in mine], [p[2] for p in mine], yerr=[p[3] or 0 for p in mine], capsize=3,
-                        marker=marker, color=colour, linestyle="-", linewidth=0.6, label=name)
+            ax.errorbar([p.speedup for p in mine], [p.accuracy for p in mine], yerr=[p.sd or 0 for p in mine],
+                        capsize=3, marker=marker, color=colour, linestyle="-", linewidth=0.6, label=name)
             for p in mine:
-                if p[5] is not None:
-                    ax.annotate(f"{p[5]:g}", (p[1], p[2]), xytext=(4, 3), textcoords="offset points", fontsize=6,
-                                color=colour)
-        front = sorted((p[1], p[2]) for p in points if p[4])
+                if p.sparsity is not None:
+                    ax.annotate(f"{p.sparsity:g}", (p.speedup, p.accuracy), xytext=(4, 3), textcoords="offset points",
+                                fontsize=6, color=colour)
+        front = sorted((p.speedup, p.accuracy) for p in points if p.on_front)
         ax.plot([x for x, _ in front], [y for _, y in front], color="gray", linewidth=1.5, alpha=0.5, zorder=0,
                 label="Pareto front")
-        ax.set(title=f"{model} (points labelled with their sparsity)", xlabel="measured prefill speed-up over dense (x)",
-               ylabel="average accuracy (%)")
+        ax.set(title=f"{model} (points labelled with their sparsity)",
+               xlabel="measured prefill speed-up over dense (x)", ylabel="average accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
